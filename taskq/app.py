@@ -1,0 +1,323 @@
+"""The application object: configuration, registry and the Redis client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+import redis
+
+from taskq import defaults
+from taskq.connection import connect, redact, translate_errors
+from taskq.errors import ConfigurationError, TopicMismatchError
+from taskq.handlers import Consumer, Handler, KeyOption, Task
+from taskq.keys import Keys, check_name
+from taskq.partitioning import RoundRobin
+from taskq.producer import Producer
+from taskq.retry import BackoffOption
+from taskq.scripts import Scripts
+
+log = logging.getLogger("taskq.app")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """A topic as declared in code with :meth:`TaskQ.topic`."""
+
+    name: str
+    partitions: int | None
+    #: Most entries one partition may hold; ``send`` raises QueueFull past it.
+    max_len: int | None
+
+
+class TaskQ:
+    """A taskq application: the tasks, consumers and schedules of a service.
+
+    ``url`` is the Redis to use; without it, the ``TASKQ_URL`` environment
+    variable, then ``redis://localhost:6379/0``. ``memory://`` runs an
+    in-process Redis, for demos and tests. Every key taskq writes starts
+    with ``namespace``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = defaults.NAMESPACE,
+        partitions: int = defaults.PARTITIONS,
+        task_group: str = defaults.TASK_GROUP,
+        default_topic: str = defaults.TASK_TOPIC,
+        max_payload_bytes: int = defaults.MAX_PAYLOAD_BYTES,
+        dead_letter_max_len: int = 0,
+    ) -> None:
+        self.url = url or os.environ.get(defaults.URL_ENV) or defaults.REDIS_URL
+        self.keys = Keys(namespace)
+        if not isinstance(partitions, int) or partitions < 1:
+            raise ConfigurationError("partitions must be a whole number >= 1")
+        self.default_partitions = partitions
+        self.task_group = check_name("group", task_group)
+        self.default_topic = check_name("topic", default_topic)
+        self.max_payload_bytes = max_payload_bytes
+        #: Dead letters kept per partition (0: all of them).
+        self.dead_letter_max_len = dead_letter_max_len
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.consumers: dict[tuple[str, str], Consumer] = {}
+        self.topics: dict[str, TopicConfig] = {}
+        self._partitions: dict[str, int] = {}
+        self._round_robins: dict[str, RoundRobin] = {}
+        self._client: redis.Redis | None = None
+        self._scripts: Scripts | None = None
+        self._lock = threading.Lock()
+        self._producer = Producer(self)
+
+    def __repr__(self) -> str:
+        return f"<TaskQ {redact(self.url)} namespace={self.keys.namespace}>"
+
+    # -- connection --------------------------------------------------------------
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The app's Redis client (created on first use)."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.url)
+                client = self._client
+        return client
+
+    @property
+    def scripts(self) -> Scripts:
+        scripts = self._scripts
+        if scripts is None:
+            with self._lock:
+                if self._scripts is None:
+                    self._scripts = Scripts(self.redis)
+                scripts = self._scripts
+        return scripts
+
+    def new_client(self) -> redis.Redis:
+        """A client with a connection pool of its own (workers use these)."""
+        return connect(self.url)
+
+    def ping(self) -> None:
+        """Check that Redis answers; raises taskq.ConnectionError if not."""
+        with translate_errors(self.url):
+            self.redis.ping()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    # -- topics --------------------------------------------------------------------
+
+    def topic(
+        self, name: str, partitions: int | None = None, *, max_len: int | None = None
+    ) -> TopicConfig:
+        """Declare a topic: its partition count and an optional length cap.
+
+        The partition count is stored in Redis the first time the topic is
+        used; a process that declares another count for it gets
+        :class:`TopicMismatchError`.
+        """
+        check_name("topic", name)
+        if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
+            raise ConfigurationError(f"topic {name!r}: partitions must be >= 1")
+        if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+            raise ConfigurationError(f"topic {name!r}: max_len must be >= 1")
+        config = TopicConfig(name, partitions, max_len)
+        self.topics[name] = config
+        self._partitions.pop(name, None)
+        return config
+
+    def partitions(self, topic: str) -> int:
+        """The partition count of ``topic``, as stored in Redis."""
+        count = self._partitions.get(topic)
+        if count is not None:
+            return count
+        declared = self.topics.get(topic)
+        wanted = declared.partitions if declared and declared.partitions else None
+        with translate_errors(self.url):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hsetnx(self.keys.topics, topic, wanted or self.default_partitions)
+            pipe.hget(self.keys.topics, topic)
+            created, stored = pipe.execute()
+        count = int(stored)
+        if created:
+            log.info("Topic %r created with %d partitions.", topic, count)
+        if wanted is not None and wanted != count:
+            raise TopicMismatchError(
+                f"topic {topic!r} has {count} partitions in Redis but is declared "
+                f"with {wanted} here; declare it with partitions={count}, or "
+                "change the stored count on purpose with "
+                f"'taskq topics create APP {topic} --partitions {wanted} --force'"
+            )
+        self._partitions[topic] = count
+        return count
+
+    def max_len(self, topic: str) -> int | None:
+        config = self.topics.get(topic)
+        return config.max_len if config else None
+
+    def _round_robin(self, topic: str) -> RoundRobin:
+        rr = self._round_robins.get(topic)
+        if rr is None:
+            rr = self._round_robins.setdefault(topic, RoundRobin())
+        return rr
+
+    def forget_partitions(self) -> None:
+        """Drop cached partition counts (after the stored ones changed)."""
+        self._partitions.clear()
+
+    # -- registration ----------------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        topic: str | None = None,
+        key: KeyOption = None,
+        retries: int = defaults.RETRIES,
+        backoff: BackoffOption = None,
+        timeout: float | None = None,
+        lease: float | None = None,
+        ordered: bool = False,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        func: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        topic: str | None = None,
+        key: KeyOption = None,
+        retries: int = defaults.RETRIES,
+        backoff: BackoffOption = None,
+        timeout: float | None = None,
+        lease: float | None = None,
+        ordered: bool = False,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a task: ``@app.task`` or ``@app.task(topic=..., ...)``.
+
+        ``key`` names the argument whose value is the message key (or is a
+        callable of the arguments); ``retries`` is how many times a failing
+        run is tried again, ``backoff`` how long it waits in between;
+        ``timeout`` limits one run, in seconds; ``lease`` is how long the
+        worker may go silent before another takes the message over;
+        ``ordered`` runs the messages of one key one at a time, in order.
+        """
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            if not callable(f):
+                raise ConfigurationError("@app.task decorates a function")
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            if "<locals>" in task_name and name is None:
+                raise ConfigurationError(
+                    f"task {task_name!r} is defined inside a function; give it a "
+                    "stable name with @app.task(name=...)"
+                )
+            if task_name in self.tasks:
+                raise ConfigurationError(
+                    f"a task named {task_name!r} is registered already; task "
+                    "names must be unique: pass name=... to one of them"
+                )
+            task = Task(
+                self,
+                f,
+                name=task_name,
+                topic=topic or self.default_topic,
+                key=key,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                lease=lease,
+                ordered=ordered,
+            )
+            self.tasks[task_name] = task
+            return task
+
+        if func is not None:
+            return register(func)
+        return register
+
+    def consumer(
+        self,
+        topic: str,
+        *,
+        group: str | None = None,
+        retries: int = defaults.RETRIES,
+        backoff: BackoffOption = None,
+        timeout: float | None = None,
+        lease: float | None = None,
+        ordered: bool = False,
+    ) -> Callable[[Callable[..., Any]], Consumer]:
+        """Register a handler of ``topic``'s raw events in consumer ``group``.
+
+        Every group receives every event of the topic (fan-out); within a
+        group, each event is handled once. ``group`` defaults to the
+        function's name.
+        """
+        if callable(topic):
+            raise ConfigurationError(
+                "@app.consumer needs the topic: @app.consumer('signups', group=...)"
+            )
+
+        def register(f: Callable[..., Any]) -> Consumer:
+            group_name = group or f.__name__
+            if group_name == self.task_group:
+                raise ConfigurationError(
+                    f"group {group_name!r} is the task group of this app; "
+                    "choose another group name for the consumer"
+                )
+            handler = Consumer(
+                f,
+                topic=topic,
+                group=group_name,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                lease=lease,
+                ordered=ordered,
+            )
+            if (topic, group_name) in self.consumers:
+                raise ConfigurationError(
+                    f"group {group_name!r} of topic {topic!r} has a consumer "
+                    "already; each group has one handler per topic"
+                )
+            self.consumers[(topic, group_name)] = handler
+            return handler
+
+        return register
+
+    # -- producing -------------------------------------------------------------------
+
+    def publish(self, topic: str, event: Any, *, key: Any = None) -> str:
+        """Write a raw event to ``topic``; returns its message id.
+
+        Every consumer group of the topic receives it.
+        """
+        check_name("topic", topic)
+        return self._producer.publish(topic, event, key)
+
+    # -- what a worker serves -------------------------------------------------------
+
+    def subscriptions(self) -> dict[tuple[str, str], list[Handler]]:
+        """(topic, group) -> the handlers a worker runs for it."""
+        subs: dict[tuple[str, str], list[Handler]] = {}
+        for task in self.tasks.values():
+            subs.setdefault((task.topic, task.group), []).append(task)
+        for (topic, group), consumer in self.consumers.items():
+            subs.setdefault((topic, group), []).append(consumer)
+        return subs

@@ -1,0 +1,34 @@
+"""What a handler may learn about the message it is running for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Passed to a handler that declares a parameter annotated ``Context``.
+
+    ::
+
+        @app.task(retries=5)
+        def charge(order_id: int, ctx: Context) -> None:
+            log.info("attempt %d of %d", ctx.attempt, ctx.max_attempts)
+    """
+
+    topic: str
+    partition: int
+    #: Entry id of the message in its partition's stream.
+    message_id: str
+    key: str | None
+    #: 1 for the first attempt.
+    attempt: int
+    max_attempts: int
+    group: str
+    worker: str
+    #: The cron tick a periodic job or digest runs for, else ``None``.
+    scheduled_at: datetime | None = None
+    #: Ticks of a periodic job that were missed and coalesced into this run
+    #: (``catchup="latest"``), counting this one; 0 for a run on time.
+    missed: int = 0

@@ -1,0 +1,53 @@
+"""Every tunable default in one place, each with its unit."""
+
+from __future__ import annotations
+
+#: Redis URL used when neither ``TaskQ(url)`` nor ``TASKQ_URL`` gives one.
+REDIS_URL = "redis://localhost:6379/0"
+
+#: Environment variable read by ``TaskQ()`` when no URL is passed.
+URL_ENV = "TASKQ_URL"
+
+#: Prefix of every key taskq writes.
+NAMESPACE = "taskq"
+
+#: Partitions of a topic that was not declared with ``app.topic()``.
+PARTITIONS = 4
+
+#: Consumer group that runs tasks (consumers name their own groups).
+TASK_GROUP = "tasks"
+
+#: Topic a task is sent to when its decorator names none.
+TASK_TOPIC = "default"
+
+#: Largest encoded message ``send`` accepts, in bytes.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+#: Retries of a failing task (attempts = retries + 1).
+RETRIES = 3
+
+#: Handler threads per worker process.
+CONCURRENCY = 8
+
+#: Entries one XREADGROUP call may return.
+READ_BATCH = 256
+
+#: How long a blocking XREADGROUP waits before the worker looks around, ms.
+#: Finite on purpose: a reader blocked on a deleted stream key is never woken.
+BLOCK_MS = 1000
+
+#: How long a worker keeps an entry without renewing it before another
+#: member of its group may take it over, in seconds.
+LEASE_S = 30.0
+
+#: How long a stopping worker waits for running handlers, in seconds.
+SHUTDOWN_TIMEOUT_S = 30.0
+
+#: Bounds of the reconnect backoff after Redis went away, in seconds.
+RECONNECT_MIN_S = 0.1
+RECONNECT_MAX_S = 5.0
+
+#: Socket timeouts of the Redis client, in seconds: connecting, and waiting
+#: for a reply to a non-blocking command.
+CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 10.0

@@ -1,0 +1,194 @@
+"""The worker's view of messages: subscriptions, deliveries, outcomes."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from taskq import message as wire
+from taskq.handlers import Consumer, Handler
+from taskq.keys import PartitionKeys
+
+
+class Subscription:
+    """One (topic, consumer group) a worker reads, and its handlers."""
+
+    def __init__(
+        self, topic: str, group: str, handlers: list[Handler], default_lease_s: float
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.group_bytes = group.encode()
+        self.consumer: Consumer | None = None
+        self.tasks: dict[bytes, Handler] = {}
+        for handler in handlers:
+            if isinstance(handler, Consumer):
+                self.consumer = handler
+            else:
+                self.tasks[handler.name.encode()] = handler
+        # Handlers of one topic share its entries' leases, so the longest
+        # lease among them applies to all (a topic per kind of task keeps
+        # short leases short).
+        leases = [h.lease_s for h in handlers if h.lease_s is not None]
+        self.lease_s = max(leases) if leases else default_lease_s
+        self.ordered = any(h.ordered for h in handlers)
+        self.has_timeouts = any(h.timeout_s for h in handlers)
+        self.partitions: list[PartitionKeys] = []
+        self.by_stream: dict[bytes, PartitionKeys] = {}
+        #: Partitions not read until the given monotonic time (their key is
+        #: broken); the others go on.
+        self.skipped: dict[PartitionKeys, float] = {}
+        self._read_args: list[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.topic}/{self.group}>"
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease_s * 1000)
+
+    def set_partitions(self, partitions: list[PartitionKeys]) -> None:
+        self.partitions = partitions
+        self.by_stream = {pk.stream.encode(): pk for pk in partitions}
+        self._read_args = None
+
+    def skip(self, pk: PartitionKeys, until: float) -> None:
+        self.skipped[pk] = until
+        self._read_args = None
+
+    def read_args(self, now: float) -> list[Any]:
+        """``STREAMS s1 s2 ... > > ...`` for the partitions to read now."""
+        if self.skipped and min(self.skipped.values()) <= now:
+            self.skipped = {pk: t for pk, t in self.skipped.items() if t > now}
+            self._read_args = None
+        if self._read_args is None:
+            streams = [pk.stream for pk in self.partitions if pk not in self.skipped]
+            self._read_args = ["STREAMS", *streams, *([">"] * len(streams))]
+        return self._read_args
+
+    def handler_for(self, fields: wire.Fields) -> Handler | Rejection:
+        """The handler of an entry, or why it has none."""
+        if wire.PAYLOAD not in fields:
+            return Rejection("invalid_envelope", "the entry has no payload field")
+        if self.consumer is not None:
+            return self.consumer
+        name = fields.get(wire.TASK)
+        if name is None:
+            return Rejection("invalid_envelope", "the entry has no task field")
+        handler = self.tasks.get(name)
+        if handler is None:
+            return Rejection(
+                "unknown_task",
+                f"no task named {wire.text(name)!r} is registered on topic "
+                f"{self.topic!r}",
+            )
+        return handler
+
+
+class Rejection:
+    """Why an entry cannot be handled at all (it is dead-lettered)."""
+
+    __slots__ = ("reason", "text")
+
+    def __init__(self, reason: str, text: str) -> None:
+        self.reason = reason
+        self.text = text
+
+
+class Delivery:
+    """An entry a worker holds: read, reclaimed, running or finished."""
+
+    __slots__ = ("sub", "pk", "id", "fields", "deliveries", "lost")
+
+    def __init__(
+        self,
+        sub: Subscription,
+        pk: PartitionKeys,
+        entry_id: bytes,
+        fields: wire.Fields,
+        deliveries: int = 1,
+    ) -> None:
+        self.sub = sub
+        self.pk = pk
+        self.id = entry_id
+        self.fields = fields
+        self.deliveries = deliveries
+        #: Set when another member took the entry over (this worker stalled
+        #: past its lease); the worker then neither acknowledges nor retries.
+        self.lost = False
+
+    @property
+    def attempt(self) -> int:
+        return wire.attempt_of(self.fields, self.deliveries)
+
+    def describe(self) -> str:
+        return f"{self.pk.stream} {self.id.decode()}"
+
+
+class Settle(enum.Enum):
+    """What becomes of a delivery once its handler is done."""
+
+    #: Acknowledge: done (or not for this group).
+    ACK = "ack"
+    #: Schedule another attempt and acknowledge this copy.
+    RETRY = "retry"
+    #: Write a dead letter and acknowledge.
+    DEAD = "dead"
+
+
+class Outcome:
+    __slots__ = ("kind", "delivery", "delay_ms", "packed", "record")
+
+    def __init__(
+        self,
+        kind: Settle,
+        delivery: Delivery,
+        *,
+        delay_ms: int = 0,
+        packed: bytes = b"",
+        record: dict[bytes, bytes] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.delivery = delivery
+        self.delay_ms = delay_ms
+        self.packed = packed
+        self.record = record
+
+
+def dead_record(
+    delivery: Delivery,
+    *,
+    reason: str,
+    attempts: int,
+    worker: str,
+    now_ms: int,
+    error_type: str = "",
+    error: str = "",
+    traceback: str = "",
+) -> dict[bytes, bytes]:
+    """The fields of a dead-letter entry.
+
+    The original fields are kept under ``message:<field>``, byte for byte,
+    so a replay sends exactly what was written.
+    """
+    fields = delivery.fields
+    first = fields.get(wire.FIRST_ATTEMPT) or str(now_ms).encode()
+    record: dict[bytes, Any] = {
+        b"reason": reason.encode(),
+        b"topic": delivery.pk.topic.encode(),
+        b"partition": str(delivery.pk.partition).encode(),
+        b"group": delivery.sub.group_bytes,
+        b"source_id": delivery.id,
+        b"task": fields.get(wire.TASK, b""),
+        b"key": fields.get(wire.KEY, b""),
+        b"attempts": str(attempts).encode(),
+        b"error_type": error_type.encode(),
+        b"error": error.encode("utf-8", "backslashreplace"),
+        b"traceback": traceback.encode("utf-8", "backslashreplace"),
+        b"worker": worker.encode(),
+        b"first_attempt": first,
+        b"last_attempt": str(now_ms).encode(),
+    }
+    for field, value in fields.items():
+        record[b"message:" + field] = value
+    return record

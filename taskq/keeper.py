@@ -1,0 +1,465 @@
+"""The worker's housekeeping thread.
+
+Every few moments the keeper:
+
+* renews the lease of every entry the worker holds (every lease / 3), so
+  no other member takes over a message that is still being worked on;
+* reclaims entries that other members held for longer than the lease
+  (their worker died or stalled), with their delivery counts;
+* moves delayed messages (retries, ``delay=``/``eta=``) onto their streams
+  when due;
+* heartbeats, trims the streams and forgets consumers that left.
+
+It also repairs what it finds broken: a missing consumer group is created
+again, a key of the wrong type is skipped (and reported) while the other
+partitions go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from taskq.connection import CONNECTION_ERRORS
+from taskq.delivery import Delivery, Subscription
+from taskq.keys import PartitionKeys
+from taskq.scripts import Scripts, chunks
+
+if TYPE_CHECKING:
+    from taskq.worker import Worker
+
+log = logging.getLogger("taskq.keeper")
+
+#: How often the delayed sets are looked at for messages added by others, s.
+DELAYED_POLL_S = 1.0
+#: How often a worker says it is alive, s; its record expires after 6 times.
+HEARTBEAT_S = 10.0
+#: How often streams are trimmed and departed consumers forgotten, s.
+MAINTAIN_S = 60.0
+#: A consumer that holds nothing is forgotten after this much idle time, s.
+FORGET_CONSUMER_S = 600.0
+#: How often handlers are checked against their time limits, s.
+WATCHDOG_S = 0.1
+#: Smallest and largest pause between two reclaim passes, s.
+RECLAIM_MIN_S = 0.2
+RECLAIM_MAX_S = 10.0
+#: Entries taken over in one reclaim call.
+RECLAIM_BATCH = 100
+#: Messages moved from a delayed set in one call.
+MOVE_BATCH = 500
+#: At most one warning of a kind per stream in this many seconds.
+WARN_EVERY_S = 60.0
+#: Partitions skipped because their key has the wrong type are looked at
+#: again after this many seconds.
+BROKEN_KEY_RETRY_S = 30.0
+
+
+def _id_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class Keeper:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.client = self.app.new_client()
+        self.scripts = Scripts(self.client)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._timers: dict[PartitionKeys, float] = {}
+        self._cursors: dict[tuple[str, PartitionKeys], bytes] = {}
+        self._warned: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        now = time.monotonic()
+        self._next_run: dict[str, float] = {
+            "delayed": now,
+            "reclaim": now,
+            "renew": now,
+            "heartbeat": now,
+            "maintain": now + 10.0,
+            "watchdog": now,
+        }
+
+    # -- setup -----------------------------------------------------------------------
+
+    @property
+    def subs(self) -> list[Subscription]:
+        return self.worker.subscriptions
+
+    def prepare(self) -> None:
+        self._partitions = sorted(
+            {pk for sub in self.subs for pk in sub.partitions},
+            key=lambda pk: (pk.topic, pk.partition),
+        )
+        leases = [sub.lease_s for sub in self.subs] or [self.worker.lease_s]
+        self.renew_every_s = min(leases) / 3
+        self.reclaim_every_s = min(RECLAIM_MAX_S, max(RECLAIM_MIN_S, min(leases) / 3))
+        self.watch_time_limits = any(sub.has_timeouts for sub in self.subs)
+
+    def ensure_groups(self, client: redis.Redis, sub: Subscription) -> list[str]:
+        """Create the group on every partition that lacks it (from id 0).
+
+        Returns the streams where it was missing. Reading from id 0 means a
+        stream recreated by a producer's XADD loses nothing that was added
+        before the group came back.
+        """
+        pipe = client.pipeline(transaction=False)
+        for pk in sub.partitions:
+            pipe.xgroup_create(pk.stream, sub.group, id="0", mkstream=True)
+        while True:
+            try:
+                results = pipe.execute(raise_on_error=False)
+                break
+            except CONNECTION_ERRORS as exc:
+                if self.worker._stopping.is_set():
+                    return []
+                time.sleep(self.worker.outage.failed(exc))
+        created = []
+        for pk, result in zip(sub.partitions, results, strict=True):
+            if result is True:
+                created.append(pk.stream)
+            elif isinstance(result, redis.ResponseError) and "BUSYGROUP" not in str(result):
+                self._warn_once(
+                    "group",
+                    pk.stream,
+                    "Cannot create group %r on %s: %s",
+                    sub.group,
+                    pk.stream,
+                    result,
+                )
+        return created
+
+    # -- loop ---------------------------------------------------------------------
+
+    def loop(self) -> None:
+        jobs: dict[str, tuple[Callable[[], None], float]] = {
+            "delayed": (self._poll_delayed, DELAYED_POLL_S),
+            "reclaim": (self._reclaim, self.reclaim_every_s),
+            "renew": (self._renew, self.renew_every_s),
+            "heartbeat": (self._heartbeat, HEARTBEAT_S),
+            "maintain": (self._maintain, MAINTAIN_S),
+        }
+        if self.watch_time_limits:
+            jobs["watchdog"] = (self._watchdog, WATCHDOG_S)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for name, (job, every) in jobs.items():
+                if now >= self._next_run[name]:
+                    self._next_run[name] = now + every
+                    self._run_job(name, job)
+            self._move_timed()
+            wake_at = min(
+                [self._next_run[name] for name in jobs] + list(self._timers.values())
+            )
+            self._wake.wait(max(0.0, wake_at - time.monotonic()))
+            self._wake.clear()
+
+    def _run_job(self, name: str, job: Callable[[], None]) -> None:
+        try:
+            job()
+            if name != "watchdog":
+                self.worker.outage.recovered()
+        except CONNECTION_ERRORS as exc:
+            # Try again soon, backing off while the outage lasts.
+            self._next_run[name] = time.monotonic() + self.worker.outage.failed(exc)
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                for sub in self.subs:
+                    self.ensure_groups(self.client, sub)
+            else:
+                self._warn_once("job", name, "Housekeeping step %r failed: %s", name, exc)
+        except Exception:
+            log.exception("Housekeeping step %r failed.", name)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self.worker._threads:
+            if thread.name == "taskq-keeper":
+                thread.join(2.0)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(self.app.keys.workers, self.worker.id)
+            pipe.delete(self.app.keys.worker(self.worker.id))
+            pipe.execute()
+        except (redis.RedisError, OSError):
+            pass  # the record expires by itself
+        self.client.close()
+
+    # -- leases ------------------------------------------------------------------------
+
+    def _renew(self) -> None:
+        with self.worker._lock:
+            snapshot = [
+                (group, pk, dict(entries)) for (group, pk), entries in self.worker.held.items()
+                if entries
+            ]
+        if not snapshot:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        calls: list[dict[bytes, Delivery]] = []
+        for group, pk, entries in snapshot:
+            ids = sorted(entries, key=_id_order)
+            for part in chunks(ids):
+                self.scripts.renew(pk, group, self.worker.id, part, client=pipe)
+                calls.append(entries)
+        for entries, lost in zip(calls, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(lost, CONNECTION_ERRORS):
+                raise lost
+            if isinstance(lost, Exception):
+                self._warn_once("renew", "", "Could not renew leases: %s", lost)
+                continue
+            for entry_id in lost:
+                delivery = entries.get(entry_id)
+                if delivery is not None and not delivery.lost:
+                    delivery.lost = True
+                    log.warning(
+                        "Lost %s: another worker took it over after this one "
+                        "went silent for longer than the lease; it will not be "
+                        "acknowledged here.",
+                        delivery.describe(),
+                    )
+                    self.worker.release([delivery])
+
+    def _reclaim(self) -> None:
+        for sub in self.subs:
+            free = self.worker.free_room()
+            if free <= 0:
+                return
+            count = min(free, RECLAIM_BATCH)
+            pipe = self.client.pipeline(transaction=False)
+            for pk in sub.partitions:
+                cursor = self._cursors.get((sub.group, pk), b"0-0")
+                self.scripts.reclaim(
+                    pk, sub.group, self.worker.id, sub.lease_ms, cursor, count, client=pipe
+                )
+            results = pipe.execute(raise_on_error=False)
+            batch: list[Delivery] = []
+            for pk, result in zip(sub.partitions, results, strict=True):
+                if isinstance(result, CONNECTION_ERRORS):
+                    raise result
+                if isinstance(result, redis.ResponseError):
+                    self._recover(sub, pk, result)
+                    continue
+                cursor, entries, deleted = result
+                self._cursors[(sub.group, pk)] = cursor
+                for entry_id, flat, deliveries in entries:
+                    it = iter(flat)
+                    fields = dict(zip(it, it))
+                    batch.append(Delivery(sub, pk, entry_id, fields, int(deliveries)))
+                if deleted:
+                    self._warn_once(
+                        "deleted",
+                        pk.stream,
+                        "%d pending entr%s of %s (group %r) no longer exist (deleted "
+                        "or trimmed before they were handled); they were dropped "
+                        "from the pending list.",
+                        len(deleted),
+                        "y" if len(deleted) == 1 else "ies",
+                        pk.stream,
+                        sub.group,
+                    )
+            if batch:
+                log.info(
+                    "Took over %d entr%s of %s/%s that another worker held past "
+                    "its lease.",
+                    len(batch),
+                    "y" if len(batch) == 1 else "ies",
+                    sub.topic,
+                    sub.group,
+                )
+                self.worker.hold(batch)
+
+    def _recover(self, sub: Subscription, pk: PartitionKeys, error: Exception) -> None:
+        text = str(error)
+        if "NOGROUP" in text:
+            created = self.ensure_groups(self.client, sub)
+            if created:
+                self.group_lost(sub, created)
+        elif "WRONGTYPE" in text:
+            self.broken_key(sub, pk)
+        else:
+            self._warn_once("reclaim", pk.stream, "Reclaim on %s failed: %s", pk.stream, error)
+
+    # -- failed reads -----------------------------------------------------------------
+
+    def read_failed(self, client: redis.Redis, sub: Subscription, error: Exception) -> None:
+        """Repair what made a read fail, so the next read can succeed."""
+        text = str(error)
+        if "NOGROUP" in text:
+            created = self.ensure_groups(client, sub)
+            if created:
+                self.group_lost(sub, created)
+            return
+        if "WRONGTYPE" in text:
+            for pk in sub.partitions:
+                try:
+                    kind = client.type(pk.stream)
+                except (redis.RedisError, OSError):
+                    continue
+                if kind not in (b"stream", b"none", "stream", "none"):
+                    self.broken_key(sub, pk)
+            return
+        self._warn_once("read", sub.topic, "Reading %s failed: %s", sub.topic, error)
+        time.sleep(1.0)
+
+    def group_lost(self, sub: Subscription, streams: list[str]) -> None:
+        for stream in streams:
+            self._warn_once(
+                "nogroup",
+                f"{stream}/{sub.group}",
+                "Consumer group %r of %s was gone (the stream was deleted, "
+                "evicted, or Redis restarted without its data) and has been "
+                "created again from the start of the stream; entries that were "
+                "pending or in flight before the loss may be gone.",
+                sub.group,
+                stream,
+            )
+
+    def broken_key(self, sub: Subscription, pk: PartitionKeys) -> None:
+        sub.skip(pk, time.monotonic() + BROKEN_KEY_RETRY_S)
+        self._warn_once(
+            "wrongtype",
+            pk.stream,
+            "%s is not a stream (wrong key type); skipping partition %d of %r "
+            "for %g s while the others go on. Delete or rename the key.",
+            pk.stream,
+            pk.partition,
+            pk.topic,
+            BROKEN_KEY_RETRY_S,
+            level=logging.ERROR,
+        )
+
+    def ack_missed(self, stream: str, group: str, expected: int, result: Any) -> None:
+        self._warn_once(
+            "ack",
+            stream,
+            "Acknowledged %s of %d entries of %s in group %r: the group was "
+            "recreated or another worker took them over.",
+            result if isinstance(result, int) else 0,
+            expected,
+            stream,
+            group,
+        )
+
+    def _warn_once(
+        self, kind: str, subject: str, msg: str, *args: Any, level: int = logging.WARNING
+    ) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._warned.get((kind, subject))
+            if last is not None and now - last < WARN_EVERY_S:
+                return
+            self._warned[(kind, subject)] = now
+        log.log(level, msg, *args)
+
+    # -- delayed messages ---------------------------------------------------------
+
+    def wake_delayed(self, pk: PartitionKeys, delay_ms: int) -> None:
+        """A message in ``pk``'s delayed set is due in ``delay_ms``."""
+        due = time.monotonic() + delay_ms / 1000
+        with self._lock:
+            if due < self._timers.get(pk, float("inf")):
+                self._timers[pk] = due
+        self._wake.set()
+
+    def delayed_due(self) -> bool:
+        now = time.monotonic()
+        return any(due <= now for due in self._timers.values())
+
+    def _poll_delayed(self) -> None:
+        if not self._partitions:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        for pk in self._partitions:
+            pipe.zrange(pk.delayed, 0, 0, withscores=True)
+        server_time, *heads = pipe.execute()
+        server_ms = server_time[0] * 1000 + server_time[1] // 1000
+        now = time.monotonic()
+        with self._lock:
+            for pk, head in zip(self._partitions, heads, strict=True):
+                if head:
+                    due = now + max(0.0, (head[0][1] - server_ms) / 1000)
+                    self._timers[pk] = min(due, self._timers.get(pk, due))
+
+    def _move_timed(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [pk for pk, at in self._timers.items() if at <= now]
+            for pk in due:
+                del self._timers[pk]
+        if not due:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for pk in due:
+                self.scripts.move_due(pk, MOVE_BATCH, client=pipe)
+            results = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            with self._lock:
+                retry_at = time.monotonic() + 1.0
+                for pk in due:
+                    self._timers[pk] = min(retry_at, self._timers.get(pk, retry_at))
+            if isinstance(exc, CONNECTION_ERRORS):
+                self.worker.outage.failed(exc)
+            else:
+                self._warn_once("delayed", "", "Moving delayed messages failed: %s", exc)
+            return
+        now = time.monotonic()
+        with self._lock:
+            for pk, (moved, next_ms) in zip(due, results, strict=True):
+                if moved >= MOVE_BATCH:
+                    self._timers[pk] = now
+                elif next_ms >= 0:
+                    at = now + next_ms / 1000
+                    self._timers[pk] = min(at, self._timers.get(pk, at))
+
+    # -- the rest ---------------------------------------------------------------
+
+    def _watchdog(self) -> None:
+        self.worker.runner.interrupt_overdue()
+
+    def _heartbeat(self) -> None:
+        keys = self.app.keys
+        now_ms = int(time.time() * 1000)
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "subscriptions": json.dumps([f"{s.topic}/{s.group}" for s in self.subs]),
+            "concurrency": self.worker.concurrency,
+            "heartbeat_ms": now_ms,
+            "acked": self.worker.stats["acked"],
+            "retried": self.worker.stats["retried"],
+            "dead": self.worker.stats["dead"],
+        }
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(keys.workers, {self.worker.id: now_ms})
+        pipe.zremrangebyscore(keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000))
+        pipe.hset(keys.worker(self.worker.id), mapping=info)
+        pipe.expire(keys.worker(self.worker.id), int(HEARTBEAT_S * 6))
+        pipe.execute()
+
+    def _maintain(self) -> None:
+        if not self.subs:
+            return
+        idle_ms = int(max(FORGET_CONSUMER_S, 4 * max(s.lease_s for s in self.subs)) * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        for pk in self._partitions:
+            self.scripts.trim(pk, client=pipe)
+        for sub in self.subs:
+            for pk in sub.partitions:
+                self.scripts.forget_consumers(pk, sub.group, idle_ms, client=pipe)
+        results = pipe.execute(raise_on_error=False)
+        trimmed = sum(r for r in results[: len(self._partitions)] if isinstance(r, int))
+        if trimmed:
+            log.debug("Trimmed %d entries that every group is done with.", trimmed)

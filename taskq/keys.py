@@ -1,0 +1,105 @@
+"""Every Redis key taskq uses is built here, and nowhere else.
+
+Keys start with the app's namespace and use ``:`` as the only separator.
+Each partition of a topic has its own hash tag, ``{topic:partition}``, and
+every key that belongs to a partition carries it. One atomic step (a Lua
+script, a MULTI) only ever touches the keys of one partition, so each runs
+in one slot of a Redis Cluster and a topic's partitions spread over its
+nodes.
+
+The docs (README, "Redis layout") list each key with its type and contents;
+keep that table in step with this module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+# Names end up inside hash tags and key names, so braces, spaces and the
+# separator itself are kept out of them.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return ``name`` if it may be used as a topic, group or job name."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use 1 to 100 letters, digits, "
+            "'_', '.' or '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """The keys of one partition of a topic; all share one hash tag."""
+
+    topic: str
+    partition: int
+    #: Stream of the partition's messages (XADD, XREADGROUP, XACK).
+    stream: str
+    #: Sorted set of messages waiting for a later time (retries, delays),
+    #: scored by due time in milliseconds.
+    delayed: str
+    #: Stream of messages set aside with their reason (dead letters).
+    dead: str
+    prefix: str
+
+    def owner(self, group: str) -> str:
+        """String holding the lease of the member that owns the partition."""
+        return f"{self.prefix}:owner:{group}"
+
+    def fence(self, group: str) -> str:
+        """Counter that hands out a new fencing token with every lease."""
+        return f"{self.prefix}:fence:{group}"
+
+    def digest(self, name: str) -> str:
+        """Prefix of the keys a digest keeps in this partition."""
+        return f"{self.prefix}:digest:{name}"
+
+
+class Keys:
+    """Builds the keys of one namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        check_name("namespace", namespace)
+        self.namespace = namespace
+
+    @property
+    def topics(self) -> str:
+        """Hash: topic name -> partition count."""
+        return f"{self.namespace}:topics"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker id -> time of its last heartbeat, in ms."""
+        return f"{self.namespace}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash describing a live worker; expires unless renewed."""
+        return f"{self.namespace}:worker:{worker_id}"
+
+    def partition(self, topic: str, partition: int) -> PartitionKeys:
+        return _partition_keys(self.namespace, topic, partition)
+
+    def schedule(self, job: str) -> str:
+        """Prefix of the keys of one periodic job or digest schedule.
+
+        A job's keys share the hash tag ``{schedule:job}``.
+        """
+        return f"{self.namespace}:{{schedule:{job}}}"
+
+
+@lru_cache(maxsize=4096)
+def _partition_keys(namespace: str, topic: str, partition: int) -> PartitionKeys:
+    prefix = f"{namespace}:{{{topic}:{partition}}}"
+    return PartitionKeys(
+        topic=topic,
+        partition=partition,
+        stream=f"{prefix}:stream",
+        delayed=f"{prefix}:delayed",
+        dead=f"{prefix}:dead",
+        prefix=prefix,
+    )

@@ -1,0 +1,30 @@
+-- Sets a message aside in the partition's dead-letter stream and
+-- acknowledges it, in one step.
+--
+-- KEYS[1]  partition stream
+-- KEYS[2]  partition dead-letter stream
+-- ARGV[1]  consumer group
+-- ARGV[2]  entry id
+-- ARGV[3]  consumer that holds it
+-- ARGV[4]  most dead letters kept per partition (0: no limit)
+-- ARGV[5..] field, value, field, value, ... of the dead-letter record
+--
+-- Returns the id of the record, or false when another consumer holds the
+-- entry now (it was reclaimed; the holder decides its fate).
+
+if held_by_other(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then
+  return false
+end
+local record = {}
+for i = 5, #ARGV do
+  record[#record + 1] = ARGV[i]
+end
+local id
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', limit, '*', unpack(record))
+else
+  id = redis.call('XADD', KEYS[2], '*', unpack(record))
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return id

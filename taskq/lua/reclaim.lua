@@ -1,0 +1,31 @@
+-- Takes over entries that other members of the group have held for longer
+-- than the lease (their worker died or stalled), and reports how often each
+-- has been delivered, so the worker can set aside a message that keeps
+-- killing the workers that take it instead of running it again.
+--
+-- KEYS[1]  partition stream
+-- ARGV[1]  consumer group
+-- ARGV[2]  consumer taking the entries over
+-- ARGV[3]  lease in ms: the idle time after which an entry is taken
+-- ARGV[4]  cursor (an entry id; 0-0 to start)
+-- ARGV[5]  most entries to take
+--
+-- Returns {next cursor, {{id, fields, deliveries}, ...}, deleted ids}.
+-- Deleted ids name entries that were trimmed or deleted while pending;
+-- XAUTOCLAIM has already removed them from the pending list.
+
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3],
+  ARGV[4], 'COUNT', tonumber(ARGV[5]))
+local result = {}
+for _, entry in ipairs(claimed[2]) do
+  -- Redis 6.2 reports a deleted entry as nil here; 7.0 lists it apart.
+  if entry then
+    local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+    local deliveries = 1
+    if info[1] then
+      deliveries = info[1][4]
+    end
+    result[#result + 1] = {entry[1], entry[2], deliveries}
+  end
+end
+return {claimed[1], result, claimed[3] or {}}

@@ -1,0 +1,61 @@
+"""The wire format: how a message is laid out in a stream entry.
+
+An entry is a flat map of fields:
+
+=================  ==========================================================
+field              meaning
+=================  ==========================================================
+``task``           name of the task to run (task messages only)
+``payload``        JSON: the task's keyword arguments, or the event
+``key``            the message key, when it has one (chose the partition)
+``attempt``        attempt number of this copy; absent for the first
+``group``          only this consumer group handles the copy (set on
+                   retries, hand-backs and replays, which go back onto the
+                   shared stream but belong to the group that failed)
+``first_attempt``  when attempt 1 started, ms since the epoch (retries)
+=================  ==========================================================
+
+Values are bytes; payloads are UTF-8 JSON. Unknown fields are kept and
+ignored, so newer producers may add fields without breaking older workers.
+"""
+
+from __future__ import annotations
+
+TASK = b"task"
+PAYLOAD = b"payload"
+KEY = b"key"
+ATTEMPT = b"attempt"
+GROUP = b"group"
+FIRST_ATTEMPT = b"first_attempt"
+
+Fields = dict[bytes, bytes]
+
+
+def attempt_of(fields: Fields, deliveries: int) -> int:
+    """The attempt number of an entry delivered ``deliveries`` times.
+
+    A copy that a dead worker held comes back with a higher delivery count;
+    each such delivery counts as one more attempt, so a message that kills
+    every worker that takes it still reaches its limit.
+    """
+    raw = fields.get(ATTEMPT)
+    copy_attempt = 1
+    if raw:
+        try:
+            copy_attempt = max(1, int(raw))
+        except ValueError:
+            pass
+    return copy_attempt + max(1, deliveries) - 1
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    """Milliseconds since the epoch at which an entry id was made."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def text(value: bytes | None) -> str:
+    """Decode a field for display; bytes that are not UTF-8 are escaped."""
+    if value is None:
+        return ""
+    return value.decode("utf-8", "backslashreplace")

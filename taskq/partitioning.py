@@ -1,0 +1,48 @@
+"""Which partition a message goes to.
+
+A message with a key goes to ``partition_for(key, n)``: the CRC-32 of the
+key's UTF-8 bytes (the checksum of ``zlib.crc32``, IEEE 802.3) modulo the
+topic's partition count. CRC-32 is fixed by a standard, so every process,
+machine and Python version maps a key to the same partition, unlike
+Python's salted ``hash()``. Integers and other values are turned into text
+with ``str()`` first, so the key ``7`` and the key ``"7"`` are one key.
+
+Messages without a key are spread round-robin by each producer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import zlib
+from typing import Any
+
+
+def key_bytes(key: Any) -> bytes:
+    """The bytes a key is hashed and stored as."""
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    return str(key).encode()
+
+
+def partition_for(key: Any, partitions: int) -> int:
+    """Return the partition, in ``range(partitions)``, of ``key``."""
+    if partitions < 1:
+        raise ValueError("a topic has at least one partition")
+    return zlib.crc32(key_bytes(key)) % partitions
+
+
+class RoundRobin:
+    """Spreads keyless messages evenly over a topic's partitions."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+        # itertools.count is not documented as thread-safe; a lock keeps
+        # two producer threads from drawing the same number.
+        self._lock = threading.Lock()
+
+    def next(self, partitions: int) -> int:
+        with self._lock:
+            return next(self._counter) % partitions

@@ -1,0 +1,191 @@
+"""Writing messages: tasks, raw events, delayed messages, batches.
+
+Everything a producer writes is checked first (arguments against the
+task's annotations, payload size, the send options), so a bad call raises
+before anything reaches Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from taskq import message as wire
+from taskq.connection import translate_errors
+from taskq.errors import PayloadTooLarge, QueueFull, ValidationError
+from taskq.keys import PartitionKeys
+from taskq.partitioning import key_bytes, partition_for
+from taskq.scripts import pack_message
+from taskq.signature import encode_event
+
+if TYPE_CHECKING:
+    from taskq.app import TaskQ
+    from taskq.handlers import SendOptions, Task
+
+#: Messages written per pipeline by ``send_many``.
+BATCH_SIZE = 1000
+
+
+class Outgoing:
+    """A checked message, ready to be written."""
+
+    __slots__ = ("pk", "fields", "options")
+
+    def __init__(
+        self, pk: PartitionKeys, fields: dict[bytes, bytes], options: SendOptions | None
+    ) -> None:
+        self.pk = pk
+        self.fields = fields
+        self.options = options
+
+
+class Producer:
+    def __init__(self, app: TaskQ) -> None:
+        self.app = app
+
+    # -- building --------------------------------------------------------------
+
+    def _task_message(
+        self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
+        options: SendOptions,
+    ) -> Outgoing:
+        signature = task.signature
+        model = signature.validate(signature.bind(args, kwargs))
+        payload = model.model_dump_json().encode()
+        self._check_size(task.name, payload)
+        key = options.key
+        if key is None and task.key is not None:
+            key = task.message_key(dict(model))
+        fields = {wire.TASK: task.name.encode(), wire.PAYLOAD: payload}
+        return self._route(task.topic, key, fields, options)
+
+    def _route(
+        self,
+        topic: str,
+        key: Any,
+        fields: dict[bytes, bytes],
+        options: SendOptions | None,
+    ) -> Outgoing:
+        partitions = self.app.partitions(topic)
+        if key is None:
+            partition = self.app._round_robin(topic).next(partitions)
+        else:
+            raw = key_bytes(key)
+            fields[wire.KEY] = raw
+            partition = partition_for(raw, partitions)
+        pk = self.app.keys.partition(topic, partition)
+        return Outgoing(pk, fields, options if options and options.delayed else None)
+
+    def _check_size(self, name: str, payload: bytes) -> None:
+        limit = self.app.max_payload_bytes
+        if len(payload) > limit:
+            raise PayloadTooLarge(name, len(payload), limit)
+
+    # -- writing ---------------------------------------------------------------
+
+    def send_task(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        options: SendOptions,
+    ) -> str:
+        out = self._task_message(task, args, kwargs, options)
+        with translate_errors(self.app.url):
+            return self._write_one(out)
+
+    def send_many(
+        self,
+        task: Task[Any, Any],
+        items: Iterable[Mapping[str, Any] | tuple[Any, ...]],
+        options: SendOptions,
+    ) -> list[str]:
+        batch: list[Outgoing] = []
+        for index, item in enumerate(items):
+            try:
+                if isinstance(item, Mapping):
+                    batch.append(self._task_message(task, (), item, options))
+                elif isinstance(item, (tuple, list)):
+                    batch.append(self._task_message(task, tuple(item), {}, options))
+                else:
+                    raise ValidationError(
+                        task.name,
+                        [
+                            {
+                                "loc": (),
+                                "msg": "each item must be a dict of keyword "
+                                f"arguments or a tuple, not {type(item).__name__}",
+                                "type": "item_type",
+                            }
+                        ],
+                    )
+            except ValidationError as exc:
+                exc.args = (f"item {index}: {exc}",)
+                raise
+        ids: list[str] = []
+        with translate_errors(self.app.url):
+            for start in range(0, len(batch), BATCH_SIZE):
+                ids.extend(self._write_batch(batch[start : start + BATCH_SIZE]))
+        return ids
+
+    def publish(self, topic: str, event: Any, key: Any = None) -> str:
+        payload = encode_event(topic, event)
+        self._check_size(f"event on {topic}", payload)
+        out = self._route(topic, key, {wire.PAYLOAD: payload}, None)
+        with translate_errors(self.app.url):
+            return self._write_one(out)
+
+    def _write_one(self, out: Outgoing) -> str:
+        client = self.app.redis
+        if out.options is not None:
+            return self._schedule(out, client)
+        max_len = self.app.max_len(out.pk.topic)
+        if max_len:
+            entry_id = self.app.scripts.append_capped(out.pk, max_len, out.fields)
+            if entry_id is None:
+                raise QueueFull(out.pk.topic, out.pk.partition, max_len)
+        else:
+            args: list[Any] = ["XADD", out.pk.stream, "*"]
+            for field, value in out.fields.items():
+                args.append(field)
+                args.append(value)
+            entry_id = client.execute_command(*args)
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def _write_batch(self, batch: list[Outgoing]) -> list[str]:
+        pipe = self.app.redis.pipeline(transaction=False)
+        tags: list[str | None] = []
+        for out in batch:
+            if out.options is not None:
+                tags.append(self._schedule(out, pipe))
+                continue
+            tags.append(None)
+            max_len = self.app.max_len(out.pk.topic)
+            if max_len:
+                self.app.scripts.append_capped(out.pk, max_len, out.fields, client=pipe)
+            else:
+                pipe.xadd(out.pk.stream, out.fields)  # type: ignore[arg-type]
+        results = pipe.execute()
+        ids: list[str] = []
+        for out, tag, result in zip(batch, tags, results, strict=True):
+            if tag is not None:
+                ids.append(tag)
+            elif result is None:
+                raise QueueFull(out.pk.topic, out.pk.partition, self.app.max_len(out.pk.topic))
+            else:
+                ids.append(result.decode() if isinstance(result, bytes) else str(result))
+        return ids
+
+    def _schedule(self, out: Outgoing, client: Any) -> str:
+        # A delayed message gets its stream id when it becomes due; until
+        # then it is known by the tag that keeps its delayed-set member unique.
+        options = out.options
+        assert options is not None
+        tag = "d-" + os.urandom(8).hex()
+        packed = pack_message(tag.encode(), out.fields)
+        delay_ms = int((options.delay_s or 0) * 1000)
+        self.app.scripts.schedule(
+            out.pk, packed, due_ms=options.eta_ms, delay_ms=delay_ms, client=client
+        )
+        return tag

@@ -1,0 +1,175 @@
+"""Validation of task arguments and events against handler annotations.
+
+A task's parameters become one pydantic model, compiled once when the
+decorator runs. Producers validate keyword arguments with it before
+anything is written; workers validate the stored JSON with the same model in
+one pass (``model_validate_json``), so a message is parsed and checked once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pydantic
+
+from taskq.context import Context
+from taskq.errors import ConfigurationError, ValidationError
+
+_ARG_MODEL_CONFIG = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+def _error_list(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": e["loc"], "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False)
+    ]
+
+
+class TaskSignature:
+    """The parameters of a task function and their validator."""
+
+    def __init__(self, func: Callable[..., Any], task_name: str) -> None:
+        self.task_name = task_name
+        try:
+            hints = typing.get_type_hints(func, include_extras=True)
+        except Exception as exc:  # an annotation that does not resolve
+            raise ConfigurationError(
+                f"task {task_name!r}: cannot resolve its annotations ({exc}); "
+                "import the annotated types at module level"
+            ) from exc
+        fields: dict[str, Any] = {}
+        self.names: list[str] = []
+        self.context_param: str | None = None
+        for param in inspect.signature(func).parameters.values():
+            annotation = hints.get(param.name, Any)
+            if annotation is Context:
+                self.context_param = param.name
+                continue
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ConfigurationError(
+                    f"task {task_name!r}: *args and **kwargs cannot be "
+                    "validated; name every parameter"
+                )
+            if param.kind is param.POSITIONAL_ONLY:
+                raise ConfigurationError(
+                    f"task {task_name!r}: positional-only parameters are not "
+                    "supported; remove the '/' from the signature"
+                )
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (annotation, default)
+            self.names.append(param.name)
+        try:
+            self.model: type[pydantic.BaseModel] = pydantic.create_model(
+                f"{task_name.replace('.', '_')}_args",
+                __config__=_ARG_MODEL_CONFIG,
+                **fields,
+            )
+        except Exception as exc:
+            raise ConfigurationError(
+                f"task {task_name!r}: its annotations cannot be validated "
+                f"with pydantic ({exc})"
+            ) from exc
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Map positional and keyword arguments to parameter names."""
+        if not args:
+            return dict(kwargs)
+        if len(args) > len(self.names):
+            raise ValidationError(
+                self.task_name,
+                [
+                    {
+                        "loc": (),
+                        "msg": f"takes {len(self.names)} arguments, "
+                        f"{len(args)} were given",
+                        "type": "too_many_arguments",
+                    }
+                ],
+            )
+        bound = dict(zip(self.names, args, strict=False))
+        for name, value in kwargs.items():
+            if name in bound:
+                raise ValidationError(
+                    self.task_name,
+                    [
+                        {
+                            "loc": (name,),
+                            "msg": "given both by position and by keyword",
+                            "type": "multiple_values",
+                        }
+                    ],
+                )
+            bound[name] = value
+        return bound
+
+    def validate(self, arguments: Mapping[str, Any]) -> pydantic.BaseModel:
+        try:
+            return self.model.model_validate(arguments)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(self.task_name, _error_list(exc)) from None
+
+    def encode(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
+        """Validate arguments and return the JSON payload."""
+        return self.validate(self.bind(args, kwargs)).model_dump_json().encode()
+
+    def decode(self, payload: bytes) -> dict[str, Any]:
+        """Parse and validate a stored payload into keyword arguments."""
+        try:
+            model = self.model.model_validate_json(payload)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(self.task_name, _error_list(exc)) from None
+        return dict(model)
+
+
+class EventSignature:
+    """The annotation of a consumer's event parameter and its validator."""
+
+    def __init__(self, func: Callable[..., Any], name: str) -> None:
+        self.name = name
+        try:
+            hints = typing.get_type_hints(func, include_extras=True)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"consumer {name!r}: cannot resolve its annotations ({exc})"
+            ) from exc
+        params = [
+            p
+            for p in inspect.signature(func).parameters.values()
+            if hints.get(p.name) is not Context
+        ]
+        self.context_param = next(
+            (n for n, h in hints.items() if h is Context and n != "return"), None
+        )
+        if len(params) != 1:
+            raise ConfigurationError(
+                f"consumer {name!r} must take exactly one event parameter "
+                "(plus, optionally, one annotated Context)"
+            )
+        annotation = hints.get(params[0].name, Any)
+        self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(annotation)
+
+    def decode(self, payload: bytes) -> Any:
+        try:
+            return self.adapter.validate_json(payload)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                self.name, _error_list(exc), subject=f"event for {self.name!r}"
+            ) from None
+
+
+def encode_event(topic: str, event: Any) -> bytes:
+    """JSON-encode a raw event for ``publish``; raise if it cannot be."""
+    if isinstance(event, pydantic.BaseModel):
+        return event.model_dump_json().encode()
+    try:
+        return json.dumps(event, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            topic,
+            [{"loc": (), "msg": str(exc), "type": "not_json"}],
+            subject=f"event for topic {topic!r}",
+        ) from None
