@@ -211,6 +211,9 @@ class TaskQ:
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a task: ``@app.task`` or ``@app.task(topic=..., ...)``.
 
+        The task is named after the function unless ``name`` is given;
+        names are unique within an app.
+
         ``key`` names the argument whose value is the message key (or is a
         callable of the arguments); ``retries`` is how many times a failing
         run is tried again, ``backoff`` how long it waits in between;
@@ -222,12 +225,8 @@ class TaskQ:
         def register(f: Callable[P, R]) -> Task[P, R]:
             if not callable(f):
                 raise ConfigurationError("@app.task decorates a function")
-            task_name = name or f"{f.__module__}.{f.__qualname__}"
-            if "<locals>" in task_name and name is None:
-                raise ConfigurationError(
-                    f"task {task_name!r} is defined inside a function; give it a "
-                    "stable name with @app.task(name=...)"
-                )
+            task_name = name or f.__name__
+            check_name("task", task_name)
             if task_name in self.tasks:
                 raise ConfigurationError(
                     f"a task named {task_name!r} is registered already; task "

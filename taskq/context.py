@@ -19,7 +19,8 @@ class Context:
 
     topic: str
     partition: int
-    #: Entry id of the message in its partition's stream.
+    #: The id ``send`` returned (``TOPIC:PARTITION:ENTRY_ID``); the same on
+    #: every attempt, so it serves as an idempotency key.
     message_id: str
     key: str | None
     #: 1 for the first attempt.

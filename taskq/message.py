@@ -13,7 +13,12 @@ field              meaning
                    retries, hand-backs and replays, which go back onto the
                    shared stream but belong to the group that failed)
 ``first_attempt``  when attempt 1 started, ms since the epoch (retries)
+``origin``         the message id ``send`` returned, on copies whose entry
+                   id differs from it (retries, hand-backs, delayed sends)
 =================  ==========================================================
+
+A message id names an entry across the topic: ``TOPIC:PARTITION:ENTRY_ID``
+(entry ids are only unique within one partition's stream).
 
 Values are bytes; payloads are UTF-8 JSON. Unknown fields are kept and
 ignored, so newer producers may add fields without breaking older workers.
@@ -27,6 +32,7 @@ KEY = b"key"
 ATTEMPT = b"attempt"
 GROUP = b"group"
 FIRST_ATTEMPT = b"first_attempt"
+ORIGIN = b"origin"
 
 Fields = dict[bytes, bytes]
 
@@ -46,6 +52,21 @@ def attempt_of(fields: Fields, deliveries: int) -> int:
         except ValueError:
             pass
     return copy_attempt + max(1, deliveries) - 1
+
+
+def message_id(topic: str, partition: int, entry_id: bytes | str) -> str:
+    """The id of a message across its topic."""
+    if isinstance(entry_id, bytes):
+        entry_id = entry_id.decode()
+    return f"{topic}:{partition}:{entry_id}"
+
+
+def origin_of(fields: Fields, topic: str, partition: int, entry_id: bytes) -> bytes:
+    """The id ``send`` returned for the message this entry is a copy of."""
+    origin = fields.get(ORIGIN)
+    if origin is not None:
+        return origin
+    return b"%s:%d:%s" % (topic.encode(), partition, entry_id)
 
 
 def entry_ms(entry_id: bytes | str) -> int:

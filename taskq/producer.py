@@ -151,7 +151,7 @@ class Producer:
                 args.append(field)
                 args.append(value)
             entry_id = client.execute_command(*args)
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return wire.message_id(out.pk.topic, out.pk.partition, entry_id)
 
     def _write_batch(self, batch: list[Outgoing]) -> list[str]:
         pipe = self.app.redis.pipeline(transaction=False)
@@ -174,18 +174,19 @@ class Producer:
             elif result is None:
                 raise QueueFull(out.pk.topic, out.pk.partition, self.app.max_len(out.pk.topic))
             else:
-                ids.append(result.decode() if isinstance(result, bytes) else str(result))
+                ids.append(wire.message_id(out.pk.topic, out.pk.partition, result))
         return ids
 
     def _schedule(self, out: Outgoing, client: Any) -> str:
-        # A delayed message gets its stream id when it becomes due; until
-        # then it is known by the tag that keeps its delayed-set member unique.
+        # A delayed message gets its entry id only when it becomes due, so
+        # its message id is made up now and travels with it as its origin.
         options = out.options
         assert options is not None
-        tag = "d-" + os.urandom(8).hex()
-        packed = pack_message(tag.encode(), out.fields)
+        ref = wire.message_id(out.pk.topic, out.pk.partition, "d-" + os.urandom(8).hex())
+        out.fields[wire.ORIGIN] = ref.encode()
+        packed = pack_message(ref.encode(), out.fields)
         delay_ms = int((options.delay_s or 0) * 1000)
         self.app.scripts.schedule(
             out.pk, packed, due_ms=options.eta_ms, delay_ms=delay_ms, client=client
         )
-        return tag
+        return ref

@@ -78,6 +78,14 @@ class Runner:
             )
         return Outcome(Settle.ACK, delivery)
 
+    def close_thread(self) -> None:
+        """Release what the calling handler thread kept (its event loop)."""
+        loop = getattr(self._local, "loop", None)
+        if loop is not None:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._local.loop = None
+
     # -- calling ---------------------------------------------------------------
 
     def _context(self, delivery: Delivery, handler: Handler, attempt: int) -> Any:
@@ -87,7 +95,9 @@ class Runner:
         return Context(
             topic=delivery.pk.topic,
             partition=delivery.pk.partition,
-            message_id=delivery.id.decode(),
+            message_id=wire.origin_of(
+                delivery.fields, delivery.pk.topic, delivery.pk.partition, delivery.id
+            ).decode(),
             key=None if key is None else wire.text(key),
             attempt=attempt,
             max_attempts=handler.max_attempts,
@@ -170,6 +180,9 @@ class Runner:
         fields[wire.ATTEMPT] = str(attempt + 1).encode()
         fields[wire.GROUP] = delivery.sub.group_bytes
         fields.setdefault(wire.FIRST_ATTEMPT, str(started_ms).encode())
+        fields[wire.ORIGIN] = wire.origin_of(
+            delivery.fields, delivery.pk.topic, delivery.pk.partition, delivery.id
+        )
         tag = b"r-%s-%d" % (delivery.id, attempt)
         return Outcome(
             Settle.RETRY,

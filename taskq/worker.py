@@ -322,6 +322,7 @@ class Worker:
         while True:
             delivery = get()
             if delivery is None:
+                self.runner.close_thread()
                 return
             if delivery.lost:  # taken over while it waited here
                 continue
@@ -536,6 +537,9 @@ class Worker:
                         if attempt > 1:
                             fields[wire.ATTEMPT] = str(attempt).encode()
                         fields[wire.GROUP] = delivery.sub.group_bytes
+                        fields[wire.ORIGIN] = wire.origin_of(
+                            delivery.fields, pk.topic, pk.partition, delivery.id
+                        )
                         entries.append((delivery.id, pack_message(b"", fields)))
                     count += int(scripts.requeue(pk, group, self.id, entries))
         except (redis.RedisError, OSError) as exc:

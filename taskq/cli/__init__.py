@@ -1,0 +1,99 @@
+"""The ``taskq`` command line.
+
+Logging is configured here and only here: the library itself only logs
+through ``taskq.*`` loggers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import logging.config
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from taskq.app import TaskQ
+from taskq.errors import TaskqError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d %(threadName)s] %(message)s"
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def setup_logging(level: str, config_file: str | None = None) -> None:
+    """Configure logging for a command: a dictConfig file, or a level."""
+    if config_file:
+        data = json.loads(Path(config_file).read_text())
+        logging.config.dictConfig(data)
+        return
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+
+def load_app(path: str) -> TaskQ:
+    """Import ``module:attribute`` and return the app it names."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise click.BadParameter(
+            f"{path!r} is not MODULE:ATTRIBUTE, e.g. myproject.tasks:app",
+            param_hint="APP",
+        )
+    # Like `python -m`, find modules in the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise click.BadParameter(
+                f"no module named {exc.name!r} (looked in the current directory "
+                "and sys.path)",
+                param_hint="APP",
+            ) from None
+        raise
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise click.BadParameter(
+                f"module {module_name!r} has no attribute {attribute!r}", param_hint="APP"
+            ) from None
+    if not isinstance(target, TaskQ):
+        raise click.BadParameter(
+            f"{path} is a {type(target).__name__}, not a taskq.TaskQ app",
+            param_hint="APP",
+        )
+    return target
+
+
+class AppGroup(click.Group):
+    """Turns taskq's own errors into one-line messages, not tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TaskqError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=AppGroup)
+@click.version_option(package_name="taskq")
+def main() -> None:
+    """taskq: a task queue on Redis Streams."""
+
+
+def register_commands() -> None:
+    from taskq.cli import demo, ops, worker
+
+    main.add_command(worker.worker)
+    main.add_command(ops.send)
+    main.add_command(ops.stats)
+    main.add_command(ops.dlq)
+    main.add_command(demo.demo)
+
+
+register_commands()

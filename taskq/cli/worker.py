@@ -1,0 +1,86 @@
+"""``taskq worker``: run a worker (or several, with ``--processes``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from taskq import defaults
+from taskq.cli import LOG_LEVELS, load_app, setup_logging
+
+
+def _split(values: tuple[str, ...]) -> list[str] | None:
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return names or None
+
+
+@click.command()
+@click.argument("app")
+@click.option("--group", "groups", multiple=True, help="Serve only this consumer group (repeatable).")
+@click.option("--topics", "topics", multiple=True, help="Serve only these topics (comma-separated, repeatable).")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=defaults.CONCURRENCY, show_default=True, help="Handler threads per process.")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None, help="Entries held beyond those running [default: concurrency].")
+@click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes to run and supervise.")
+@click.option("--lease", type=click.FloatRange(min=0.1), default=defaults.LEASE_S, show_default=True, help="Seconds a silent worker keeps its entries before others take them (tasks may set their own).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=defaults.SHUTDOWN_TIMEOUT_S, show_default=True, help="Seconds to let running tasks finish after SIGTERM.")
+@click.option("--burst", is_flag=True, help="Exit once every partition read is drained.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+@click.option("--log-config", type=click.Path(exists=True, dir_okay=False), help="A JSON logging.config.dictConfig file (replaces --log-level).")
+def worker(
+    app: str,
+    groups: tuple[str, ...],
+    topics: tuple[str, ...],
+    concurrency: int,
+    prefetch: int | None,
+    processes: int,
+    lease: float,
+    shutdown_timeout: float,
+    burst: bool,
+    log_level: str,
+    log_config: str | None,
+) -> None:
+    """Run a worker for APP (module:attribute).
+
+    SIGTERM or SIGINT stops it gracefully: it stops reading, lets running
+    tasks finish (up to --shutdown-timeout), hands unstarted entries back
+    to the group and exits 0. A second signal stops it at once.
+    """
+    setup_logging(log_level, log_config)
+    if processes > 1:
+        from taskq.supervisor import supervise
+
+        argv = sys.argv[1:]
+        sys.exit(supervise(processes, _child_args(argv)))
+    from taskq.worker import Worker
+
+    the_app = load_app(app)
+    the_app.ping()
+    instance = Worker(
+        the_app,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        lease=lease,
+        shutdown_timeout=shutdown_timeout,
+        burst=burst,
+        groups=_split(groups),
+        topics=_split(topics),
+    )
+    sys.exit(instance.run())
+
+
+def _child_args(argv: list[str]) -> list[str]:
+    """The command line of one child: this one without --processes N."""
+    args: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-p", "--processes"):
+            skip = True
+            continue
+        if arg.startswith("--processes="):
+            continue
+        args.append(arg)
+    return [sys.executable, "-m", "taskq", *args]

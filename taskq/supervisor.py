@@ -1,0 +1,57 @@
+"""Running several worker processes under one parent (``--processes``).
+
+The parent starts N children with the same command line, passes SIGTERM
+and SIGINT on to them, and starts a child again when one dies without
+being asked to (a crash, the OOM killer). It exits once every child has.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import time
+from types import FrameType
+
+log = logging.getLogger("taskq.supervisor")
+
+#: A child that dies sooner than this after its start is restarted only
+#: after this long, so a worker that cannot start does not spin.
+RESTART_PAUSE_S = 1.0
+
+
+def supervise(count: int, argv: list[str]) -> int:
+    children: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv) for _ in range(count)]
+    started = [time.monotonic()] * count
+    stopping = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("Started %d worker processes: %s", count, [c.pid for c in children])
+    status = 0
+    while True:
+        alive = False
+        for n, child in enumerate(children):
+            code = child.poll()
+            if code is None:
+                alive = True
+                continue
+            if stopping or code == 0:
+                status = status or code
+                continue
+            log.warning("Worker process %d exited with %d; starting another.", child.pid, code)
+            if time.monotonic() - started[n] < RESTART_PAUSE_S:
+                time.sleep(RESTART_PAUSE_S)
+            children[n] = subprocess.Popen(argv)
+            started[n] = time.monotonic()
+            alive = True
+        if not alive:
+            return status
+        time.sleep(0.2)

@@ -1,0 +1,124 @@
+"""Bad entries in a stream are set aside with their reason; good ones run.
+
+Case 14 of the shared scenarios: streams are written by old producers, new
+producers, operators and other tools, so a worker must survive anything it
+reads, in one batch with valid work, and across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated, Any
+
+import pytest
+from pydantic import Field
+
+import taskq
+from taskq import TaskQ, Worker
+from tests.test_worker import dead_letters, pending
+
+
+def test_malformed_entries_are_dead_lettered_once(
+    app: TaskQ, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.topic("jobs", partitions=1)
+    ran: list[tuple[str, int]] = []
+
+    @app.task(topic="jobs")
+    def greet(name: str, times: Annotated[int, Field(ge=1)]) -> None:
+        ran.append((name, times))
+
+    stream = app.keys.partition("jobs", 0).stream
+    greet.send(name="a", times=1)  # E1
+    ids = [
+        app.redis.xadd(stream, fields)
+        for fields in (
+            {"task": "billing.legacy_export", "payload": '{"x": 1}'},  # E2
+            {"task": "greet", "payload": os.urandom(16) + b"\xff"},  # E3
+            {"payload": '{"name": "a", "times": 1}'},  # E4
+            {"task": "greet", "payload": '{"name": "b", "times": 0}'},  # E5
+        )
+    ]
+    greet.send(name="c", times=2)  # E6
+
+    caplog.set_level(logging.ERROR, logger="taskq")
+    Worker(app, concurrency=1, read_batch=10, burst=True).run(install_signals=False)
+
+    assert ran == [("a", 1), ("c", 2)]
+    records = dead_letters(app, "jobs")
+    assert [r[b"reason"] for r in records] == [
+        b"unknown_task",
+        b"decode_error",
+        b"invalid_envelope",
+        b"validation_error",
+    ]
+    assert [r[b"source_id"] for r in records] == ids
+    assert all(r[b"attempts"] == b"1" for r in records)
+    assert b"billing.legacy_export" in records[0][b"error"]
+    assert b"times" in records[3][b"error"]
+    # The original fields are kept byte for byte, for a replay after a fix.
+    assert records[1][b"message:payload"] == app.redis.xrange(stream, ids[1], ids[1])[0][1][
+        b"payload"
+    ]
+    assert pending(app, "jobs") == 0
+
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 4
+    for record, entry_id, reason in zip(
+        errors, ids, ["unknown_task", "decode_error", "invalid_envelope", "validation_error"]
+    ):
+        text = record.getMessage()
+        assert stream in text and entry_id.decode() in text and reason in text
+        assert record.exc_info is None  # no traceback flood
+
+    # A restart neither runs nor dead-letters anything again.
+    Worker(app, concurrency=1, burst=True).run(install_signals=False)
+    assert ran == [("a", 1), ("c", 2)]
+    assert len(dead_letters(app, "jobs")) == 4
+
+    # The producer side rejects the same mistakes before writing.
+    length = app.redis.xlen(stream)
+    with pytest.raises(taskq.ValidationError):
+        greet.send(name="d", times=0)
+    with pytest.raises(taskq.ValidationError):
+        greet.send(name=5)
+    assert app.redis.xlen(stream) == length
+
+
+def test_a_consumer_rejects_events_it_cannot_validate(app: TaskQ) -> None:
+    seen: list[int] = []
+
+    @app.consumer("numbers", group="sum")
+    def add(event: int) -> None:
+        seen.append(event)
+
+    app.publish("numbers", 1)
+    app.publish("numbers", "not a number")
+    app.publish("numbers", 2)
+    Worker(app, burst=True).run(install_signals=False)
+    assert sorted(seen) == [1, 2]
+    [record] = dead_letters(app, "numbers")
+    assert record[b"reason"] == b"validation_error"
+    assert record[b"group"] == b"sum"
+
+
+def test_a_key_of_the_wrong_type_does_not_stop_the_other_partitions(
+    redis_app: TaskQ, running: Any, until: Any
+) -> None:
+    app = redis_app
+    ran: list[int] = []
+
+    @app.task(topic="mixed", key="k")
+    def job(k: str, n: int) -> None:
+        ran.append(n)
+
+    app.partitions("mixed")
+    broken = app.keys.partition("mixed", 0).stream
+    app.redis.set(broken, "not a stream")
+    keys = [k for k in "abcdefghij" if taskq.partition_for(k, 4) != 0][:3]
+    for n, k in enumerate(keys):
+        job.send(k, n)
+    with running(Worker(app)):
+        until(lambda: len(ran) == 3, timeout=10)
+    assert sorted(ran) == [0, 1, 2]
