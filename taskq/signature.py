@@ -22,6 +22,14 @@ from taskq.errors import ConfigurationError, ValidationError
 _ARG_MODEL_CONFIG = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
 
+def _is_context(annotation: Any) -> bool:
+    """``Context``, or ``Context | None`` (so the parameter may default)."""
+    if annotation is Context:
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and Context in args and all(a in (Context, type(None)) for a in args)
+
+
 def _error_list(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
     return [
         {"loc": e["loc"], "msg": e["msg"], "type": e["type"]}
@@ -46,7 +54,7 @@ class TaskSignature:
         self.context_param: str | None = None
         for param in inspect.signature(func).parameters.values():
             annotation = hints.get(param.name, Any)
-            if annotation is Context:
+            if _is_context(annotation):
                 self.context_param = param.name
                 continue
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -139,10 +147,10 @@ class EventSignature:
         params = [
             p
             for p in inspect.signature(func).parameters.values()
-            if hints.get(p.name) is not Context
+            if not _is_context(hints.get(p.name))
         ]
         self.context_param = next(
-            (n for n, h in hints.items() if h is Context and n != "return"), None
+            (n for n, h in hints.items() if _is_context(h) and n != "return"), None
         )
         if len(params) != 1:
             raise ConfigurationError(

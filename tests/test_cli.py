@@ -1,0 +1,116 @@
+"""The command line, through click's CliRunner and as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from taskq import Worker
+from taskq.cli import main
+from tests.support import ROOT
+
+APP = "tests.apps.cli_app:app"
+
+
+@pytest.fixture
+def cli(backend_url: str, namespace: str, monkeypatch: Any) -> Any:
+    monkeypatch.setenv("TASKQ_URL", backend_url)
+    monkeypatch.setenv("TASKQ_TEST_NAMESPACE", namespace)
+    import tests.apps.cli_app as module
+
+    # The module's app reads the environment at import: build it afresh.
+    module.app.url = backend_url
+    module.app.keys.namespace = namespace
+    module.app._client = None
+    module.app._scripts = None
+    module.app._partitions.clear()
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None) -> Any:
+        return runner.invoke(main, list(args), input=input, catch_exceptions=False)
+
+    invoke.app = module.app  # type: ignore[attr-defined]
+    return invoke
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("nope.module:app", "no module named 'nope'"),
+        ("tests.apps.cli_app:missing", "has no attribute 'missing'"),
+        ("tests.apps.cli_app:not_an_app", "not a taskq.TaskQ app"),
+        ("tests.apps.cli_app", "is not MODULE:ATTRIBUTE"),
+    ],
+)
+def test_a_wrong_app_path_is_one_line(path: str, message: str) -> None:
+    result = CliRunner().invoke(main, ["stats", path])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_send_stats_and_dead_letters(cli: Any) -> None:
+    app = cli.app
+    result = cli("send", APP, "call_api", '{"k": "a", "n": 1}')
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("calls:")
+    assert cli("send", APP, "call_api", '["b", -1]').exit_code == 0
+    bad = cli("send", APP, "call_api", '{"k": "a", "n": "x"}')
+    assert bad.exit_code == 1 and "invalid arguments for task 'call_api'" in bad.output
+    assert "Traceback" not in bad.output
+    app.publish("events", {"fail": 1}, key="c")
+
+    stats = json.loads(cli("stats", APP, "--json").output)
+    assert sum(p["length"] for p in stats["partitions"] if p["topic"] == "calls") == 2
+    assert sum(p["length"] for p in stats["partitions"] if p["topic"] == "events") == 1
+
+    Worker(app, burst=True).run(install_signals=False)
+    table = cli("stats", APP).output
+    assert "tasks" in table and "audit" in table and "No live workers." in table
+
+    listed = cli("dlq", "list", APP).output
+    assert "retries_exhausted" in listed and "call_api" in listed and "audit" in listed
+    lines = [json.loads(line) for line in cli("dlq", "list", APP, "--json").output.splitlines()]
+    by_group = {line["group"]: line for line in lines}
+    assert by_group["tasks"]["error"] == "RuntimeError upstream 503"
+    assert by_group["tasks"]["key"] == "b"
+    assert by_group["audit"]["error"] == "ValueError bad event"
+    assert "Traceback" in by_group["audit"]["traceback"]
+
+    only = cli("dlq", "list", APP, "--topic", "calls", "--json").output
+    [failed] = [json.loads(line) for line in only.splitlines()]
+    replayed = cli("dlq", "replay", APP, "--id", failed["id"])
+    assert replayed.exit_code == 0 and "Replayed 1" in replayed.output
+    assert "call_api" not in cli("dlq", "list", APP).output
+    # The replay goes to the task group only, with its attempts reset.
+    Worker(app, burst=True).run(install_signals=False)
+    [again] = [json.loads(line) for line in cli("dlq", "list", APP, "--topic", "calls", "--json").output.splitlines()]
+    assert again["attempts"] == "1" and again["key"] == "b"
+
+    refused = cli("dlq", "purge", APP, input="n\n")
+    assert refused.exit_code == 1
+    purged = cli("dlq", "purge", APP, "--yes")
+    assert purged.exit_code == 0 and "Deleted" in purged.output
+    assert "No dead letters." in cli("dlq", "list", APP).output
+
+
+def test_replay_needs_ids_or_all(cli: Any) -> None:
+    result = cli("dlq", "replay", APP)
+    assert result.exit_code == 2 and "--id" in result.output
+
+
+def test_the_demo_runs_end_to_end(tmp_path: Any) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "taskq", "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mails received by the sink 200 of 200" in result.stdout

@@ -1,0 +1,79 @@
+"""Real worker processes against a real Redis: the end-to-end contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from taskq import TaskQ
+from tests.support import ROOT, worker_process
+from tests.test_worker import pending
+
+pytestmark = pytest.mark.redis
+
+
+def _counter_app(make_app: Any, url: str, namespace: str) -> Any:
+    import tests.apps.counter as counter
+
+    app = make_app(url, namespace=namespace)
+    # The test app's tasks, registered on an app of this test's namespace.
+    app.topic("jobs", partitions=4)
+    task = app.task(topic="jobs", key="key", name="record")(counter.record.func)
+    return app, task
+
+
+def test_two_burst_workers_run_every_task_once(
+    make_app: Any, redis_url: str, namespace: str
+) -> None:
+    app, record = _counter_app(make_app, redis_url, namespace)
+    keys = ["alpha", "beta", "gamma", "delta"]
+    record.send_many([{"key": keys[n % 4], "n": n} for n in range(10_000)])
+    workers = [
+        worker_process("tests.apps.counter:app", redis_url, namespace, "--burst", "-c", "4")
+        for _ in range(2)
+    ]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, output.decode()
+    runs = app.redis.hgetall(f"{namespace}:test:runs")
+    assert len(runs) == 10_000
+    assert set(runs.values()) == {b"1"}
+    assert pending(app, "jobs") == 0
+
+    stats = subprocess.run(
+        [sys.executable, "-m", "taskq", "stats", "tests.apps.counter:app", "--json"],
+        cwd=ROOT,
+        env={"TASKQ_URL": redis_url, "TASKQ_TEST_NAMESPACE": namespace, "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    partitions = json.loads(stats.stdout)["partitions"]
+    assert len(partitions) == 4
+    for partition in partitions:
+        [group] = partition["groups"]
+        assert (group["group"], group["lag"], group["pending"]) == ("tasks", 0, 0)
+
+
+def test_worker_py_at_the_root_runs_a_worker(redis_app: TaskQ, namespace: str) -> None:
+    app = redis_app
+    app.topic("jobs", partitions=4)
+
+    @app.task(topic="jobs", key="key", name="record")
+    def record(key: str, n: int) -> None: ...
+
+    record.send("k", 1)
+    result = subprocess.run(
+        [sys.executable, "worker.py", "tests.apps.counter:app", "--burst"],
+        cwd=ROOT,
+        env={"TASKQ_URL": app.url, "TASKQ_TEST_NAMESPACE": namespace, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert app.redis.hgetall(f"{namespace}:test:runs") == {b"1": b"1"}
