@@ -103,9 +103,12 @@ class TaskQ:
                 scripts = self._scripts
         return scripts
 
-    def new_client(self) -> redis.Redis:
-        """A client with a connection pool of its own (workers use these)."""
-        return connect(self.url)
+    def new_client(self, name: str | None = None) -> redis.Redis:
+        """A client with a connection pool of its own (workers use these).
+
+        ``name`` is the connections' client name, shown by CLIENT LIST.
+        """
+        return connect(self.url, client_name=name)
 
     def ping(self) -> None:
         """Check that Redis answers; raises taskq.ConnectionError if not."""

@@ -45,8 +45,11 @@ def _retry() -> Retry:
     return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2)
 
 
-def connect(url: str) -> redis.Redis:
-    """Return a client for ``url``; nothing is sent until it is used."""
+def connect(url: str, client_name: str | None = None) -> redis.Redis:
+    """Return a client for ``url``; nothing is sent until it is used.
+
+    ``client_name`` names its connections (``CLIENT LIST`` shows it).
+    """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return _memory_client(url)
@@ -63,6 +66,7 @@ def connect(url: str) -> redis.Redis:
             socket_keepalive=True,
             health_check_interval=30,
             retry=_retry(),
+            client_name=client_name,
         )
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from None

@@ -33,8 +33,10 @@ CONCURRENCY = 8
 READ_BATCH = 256
 
 #: How long a blocking XREADGROUP waits before the worker looks around, ms.
-#: Finite on purpose: a reader blocked on a deleted stream key is never woken.
-BLOCK_MS = 1000
+#: Finite on purpose: a reader blocked on a deleted stream key is never
+#: woken. A stopping worker ends its blocked reads at once (CLIENT UNBLOCK),
+#: so this only bounds how often an idle worker asks.
+BLOCK_MS = 5000
 
 #: How long a worker keeps an entry without renewing it before another
 #: member of its group may take it over, in seconds.

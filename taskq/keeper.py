@@ -71,7 +71,7 @@ class Keeper:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.app = worker.app
-        self.client = self.app.new_client()
+        self.client = self.app.new_client(f"taskq-keeper:{worker.id}")
         self.scripts = Scripts(self.client)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -79,6 +79,10 @@ class Keeper:
         self._cursors: dict[tuple[str, PartitionKeys], bytes] = {}
         self._warned: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
+        #: The server's clock minus this process's, in ms (from TIME at each
+        #: heartbeat): due times in the delayed sets are the server's.
+        self._clock_offset_ms = 0.0
+        self._beats = 0
         now = time.monotonic()
         self._next_run: dict[str, float] = {
             "delayed": now,
@@ -377,14 +381,15 @@ class Keeper:
         return any(due <= now for due in self._timers.values())
 
     def _poll_delayed(self) -> None:
+        # One ZRANGE per partition and second: this is most of what an idle
+        # worker sends, so it is kept to the head of each set.
         if not self._partitions:
             return
         pipe = self.client.pipeline(transaction=False)
-        pipe.time()
         for pk in self._partitions:
             pipe.zrange(pk.delayed, 0, 0, withscores=True)
-        server_time, *heads = pipe.execute()
-        server_ms = server_time[0] * 1000 + server_time[1] // 1000
+        heads = pipe.execute()
+        server_ms = time.time() * 1000 + self._clock_offset_ms
         now = time.monotonic()
         with self._lock:
             for pk, head in zip(self._partitions, heads, strict=True):
@@ -435,19 +440,22 @@ class Keeper:
         info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "subscriptions": json.dumps([f"{s.topic}/{s.group}" for s in self.subs]),
+            "subscriptions": [f"{s.topic}/{s.group}" for s in self.subs],
             "concurrency": self.worker.concurrency,
-            "heartbeat_ms": now_ms,
             "acked": self.worker.stats["acked"],
             "retried": self.worker.stats["retried"],
             "dead": self.worker.stats["dead"],
         }
         pipe = self.client.pipeline(transaction=False)
+        pipe.time()
         pipe.zadd(keys.workers, {self.worker.id: now_ms})
-        pipe.zremrangebyscore(keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000))
-        pipe.hset(keys.worker(self.worker.id), mapping=info)
-        pipe.expire(keys.worker(self.worker.id), int(HEARTBEAT_S * 6))
-        pipe.execute()
+        pipe.set(keys.worker(self.worker.id), json.dumps(info), ex=int(HEARTBEAT_S * 6))
+        if self._beats % 6 == 0:
+            pipe.zremrangebyscore(keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000))
+        self._beats += 1
+        server_time, *_ = pipe.execute()
+        local_ms = (time.time() * 1000 + now_ms) / 2
+        self._clock_offset_ms = server_time[0] * 1000 + server_time[1] / 1000 - local_ms
 
     def _maintain(self) -> None:
         if not self.subs:

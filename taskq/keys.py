@@ -78,7 +78,7 @@ class Keys:
         return f"{self.namespace}:workers"
 
     def worker(self, worker_id: str) -> str:
-        """Hash describing a live worker; expires unless renewed."""
+        """JSON describing a live worker; expires unless renewed."""
         return f"{self.namespace}:worker:{worker_id}"
 
     def partition(self, topic: str, partition: int) -> PartitionKeys:

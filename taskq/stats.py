@@ -139,16 +139,16 @@ def workers(app: TaskQ) -> list[WorkerStats]:
     now_ms = time.time() * 1000
     result = []
     for worker_id, seen_ms in client.zrange(app.keys.workers, 0, -1, withscores=True):
-        info = client.hgetall(app.keys.worker(_s(worker_id)))
-        if not info:
+        raw = client.get(app.keys.worker(_s(worker_id)))
+        if not raw:
             continue
-        data = {_s(k): _s(v) for k, v in info.items()}
+        data = json.loads(raw)
         result.append(
             WorkerStats(
                 id=_s(worker_id),
                 host=data.get("host", ""),
                 pid=int(data.get("pid", 0)),
-                subscriptions=json.loads(data.get("subscriptions", "[]")),
+                subscriptions=list(data.get("subscriptions", [])),
                 concurrency=int(data.get("concurrency", 0)),
                 last_seen_s=max(0.0, (now_ms - seen_ms) / 1000),
                 acked=int(data.get("acked", 0)),

@@ -79,7 +79,11 @@ class Worker:
         self.app = app
         self.id = worker_id or make_worker_id()
         self.concurrency = concurrency
-        self.capacity = concurrency + (concurrency if prefetch is None else max(0, prefetch))
+        # Entries read beyond those that can start at once wait in this
+        # process; if it dies, their delivery counts grow although they never
+        # ran, so prefetching is opt-in (see "What happens when things fail").
+        self.prefetch = 0 if prefetch is None else max(0, prefetch)
+        self.capacity = concurrency + self.prefetch
         self.lease_s = lease
         self.shutdown_timeout_s = shutdown_timeout
         self.burst = burst
@@ -98,9 +102,13 @@ class Worker:
         self._done_event = threading.Event()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        #: (group, partition) -> entry id -> delivery, for every entry held.
+        #: (group, partition) -> entry id -> delivery, for every entry held:
+        #: read or reclaimed, and not yet settled. The keeper renews them.
         self.held: dict[tuple[str, PartitionKeys], dict[bytes, Delivery]] = {}
-        self._held_count = 0
+        #: Held entries whose handler has not finished (queued or running);
+        #: the worker reads more only while this is below its capacity.
+        self._unfinished = 0
+        self._reader_waiting = False
         #: handler thread id -> the delivery it is running.
         self._running: dict[int, Delivery] = {}
         self._unstarted: list[Delivery] = []
@@ -206,14 +214,15 @@ class Worker:
         with self._lock:
             return (
                 len(self._idle_readers) == len(self.subscriptions)
-                and self._held_count == 0
+                and self._unfinished == 0
+                and not any(self.held.values())
                 and not self.keeper.delayed_due()
             )
 
     # -- reading -------------------------------------------------------------------
 
     def _read_loop(self, sub: Subscription) -> None:
-        client = self.app.new_client()
+        client = self.app.new_client(f"taskq-reader:{self.id}")
         client.set_response_callback("XREADGROUP", lambda response, **options: response)
         block: list[Any] = [] if self.burst else ["BLOCK", self.block_ms]
         self.keeper.ensure_groups(client, sub)
@@ -283,20 +292,29 @@ class Worker:
                 self.held.setdefault((delivery.sub.group, delivery.pk), {})[
                     delivery.id
                 ] = delivery
-            self._held_count += len(batch)
+            self._unfinished += len(batch)
         put = self._queue.put
         for delivery in batch:
             put(delivery)
 
     def free_room(self) -> int:
         with self._lock:
-            return self.capacity - self._held_count
+            return self.capacity - self._unfinished
 
     def _wait_for_room(self) -> int:
         with self._room:
-            while self._held_count >= self.capacity and not self._stopping.is_set():
+            while self._unfinished >= self.capacity and not self._stopping.is_set():
+                self._reader_waiting = True
                 self._room.wait(0.5)
-            return self.capacity - self._held_count
+            self._reader_waiting = False
+            return self.capacity - self._unfinished
+
+    def _finished(self) -> None:
+        """A handler finished (or a delivery was dropped): make room."""
+        with self._lock:
+            self._unfinished -= 1
+            if self._reader_waiting:
+                self._room.notify_all()
 
     def unblock_readers(self) -> None:
         """End blocking reads now (they return empty)."""
@@ -325,16 +343,19 @@ class Worker:
                 self.runner.close_thread()
                 return
             if delivery.lost:  # taken over while it waited here
+                self._finished()
                 continue
             if self._draining:
                 with self._lock:
                     self._unstarted.append(delivery)
+                    self._unfinished -= 1
                 continue
             running[ident] = delivery
             try:
                 outcome = run(delivery)
             finally:
                 del running[ident]
+                self._finished()
             done.append(outcome)
             if not done_event.is_set():
                 done_event.set()
@@ -342,7 +363,7 @@ class Worker:
     # -- settling ------------------------------------------------------------------
 
     def _settle_loop(self) -> None:
-        client = self.app.new_client()
+        client = self.app.new_client(f"taskq-settler:{self.id}")
         scripts = Scripts(client)
         while True:
             self._done_event.wait(0.5)
@@ -450,13 +471,10 @@ class Worker:
     def release(self, deliveries: Iterable[Delivery]) -> None:
         """Stop holding deliveries (settled, handed back or lost)."""
         with self._lock:
-            count = 0
             for delivery in deliveries:
                 entries = self.held.get((delivery.sub.group, delivery.pk))
-                if entries is not None and entries.pop(delivery.id, None) is not None:
-                    count += 1
-            self._held_count -= count
-            self._room.notify_all()
+                if entries is not None:
+                    entries.pop(delivery.id, None)
 
     # -- stopping ------------------------------------------------------------------
 
@@ -478,6 +496,7 @@ class Worker:
                 if item is not None:
                     self._unstarted.append(item)
             unstarted, self._unstarted = self._unstarted, []
+            self._unfinished -= len(unstarted)
         running = len(self._running)
         released = self._requeue(unstarted, started=False)
         deadline = time.monotonic() + self.shutdown_timeout_s
