@@ -71,7 +71,9 @@ class DeadLetter:
             "error": " ".join(
                 part for part in (self.get("error_type"), self.get("error")) if part
             ),
-            "dead_at": self.get("last_attempt"),
+            "first_attempt": self.get("first_attempt"),
+            "last_attempt": self.get("last_attempt"),
+            "dead_at": self.get("dead_at"),
             "worker": self.get("worker"),
             "payload": wire.text(self.message.get(wire.PAYLOAD)),
         }

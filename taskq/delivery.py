@@ -98,7 +98,7 @@ class Rejection:
 class Delivery:
     """An entry a worker holds: read, reclaimed, running or finished."""
 
-    __slots__ = ("sub", "pk", "id", "fields", "deliveries", "lost")
+    __slots__ = ("sub", "pk", "id", "fields", "deliveries", "lost", "previous_ms")
 
     def __init__(
         self,
@@ -116,6 +116,9 @@ class Delivery:
         #: Set when another member took the entry over (this worker stalled
         #: past its lease); the worker then neither acknowledges nor retries.
         self.lost = False
+        #: For an entry taken over from a dead worker: when that worker got
+        #: it (ms since the epoch), the likely start of its last attempt.
+        self.previous_ms: int | None = None
 
     @property
     def attempt(self) -> int:
@@ -165,6 +168,7 @@ def dead_record(
     error_type: str = "",
     error: str = "",
     traceback: str = "",
+    last_attempt_ms: int | None = None,
 ) -> dict[bytes, bytes]:
     """The fields of a dead-letter entry.
 
@@ -187,7 +191,8 @@ def dead_record(
         b"traceback": traceback.encode("utf-8", "backslashreplace"),
         b"worker": worker.encode(),
         b"first_attempt": first,
-        b"last_attempt": str(now_ms).encode(),
+        b"last_attempt": str(last_attempt_ms or now_ms).encode(),
+        b"dead_at": str(now_ms).encode(),
     }
     for field, value in fields.items():
         record[b"message:" + field] = value

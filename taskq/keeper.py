@@ -236,10 +236,11 @@ class Keeper:
 
     def _reclaim(self) -> None:
         for sub in self.subs:
-            free = self.worker.free_room()
-            if free <= 0:
-                return
-            count = min(free, RECLAIM_BATCH)
+            # Entries a dead worker held are older than anything new, so a
+            # busy worker still takes one per partition: it runs next, ahead
+            # of new reads (which wait for room), instead of waiting until
+            # the partition's backlog is worked off.
+            count = min(max(1, self.worker.free_room()), RECLAIM_BATCH)
             pipe = self.client.pipeline(transaction=False)
             for pk in sub.partitions:
                 cursor = self._cursors.get((sub.group, pk), b"0-0")
@@ -256,10 +257,12 @@ class Keeper:
                     continue
                 cursor, entries, deleted = result
                 self._cursors[(sub.group, pk)] = cursor
-                for entry_id, flat, deliveries in entries:
+                now_ms = int(time.time() * 1000)
+                for entry_id, flat, deliveries, idle_ms in entries:
                     it = iter(flat)
-                    fields = dict(zip(it, it))
-                    batch.append(Delivery(sub, pk, entry_id, fields, int(deliveries)))
+                    delivery = Delivery(sub, pk, entry_id, dict(zip(it, it)), int(deliveries))
+                    delivery.previous_ms = now_ms - int(idle_ms)
+                    batch.append(delivery)
                 if deleted:
                     self._warn_once(
                         "deleted",
@@ -450,6 +453,7 @@ class Keeper:
         pipe.time()
         pipe.zadd(keys.workers, {self.worker.id: now_ms})
         pipe.set(keys.worker(self.worker.id), json.dumps(info), ex=int(HEARTBEAT_S * 6))
+        pipe.expire(keys.workers, int(HEARTBEAT_S * 6))
         if self._beats % 6 == 0:
             pipe.zremrangebyscore(keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000))
         self._beats += 1

@@ -56,6 +56,7 @@ class Runner:
                 error=f"the worker running attempt {attempt - 1} of "
                 f"{handler.max_attempts} was lost; not running it again",
                 level=logging.ERROR,
+                last_ms=delivery.previous_ms,
             )
         try:
             decoded = handler.decode(fields[wire.PAYLOAD])
@@ -164,6 +165,7 @@ class Runner:
                 tb="".join(traceback.format_exception(exc)),
                 level=logging.ERROR,
                 first_ms=started_ms,
+                last_ms=started_ms,
             )
         if delay_s is None:
             delay_s = handler.backoff.delay(attempt)
@@ -209,6 +211,7 @@ class Runner:
         error_type: str = "",
         tb: str = "",
         first_ms: int | None = None,
+        last_ms: int | None = None,
     ) -> Outcome:
         now_ms = int(time.time() * 1000)
         fields = delivery.fields
@@ -239,6 +242,7 @@ class Runner:
             error_type=error_type,
             error=error,
             traceback=tb,
+            last_attempt_ms=last_ms,
         )
         return Outcome(Settle.DEAD, delivery, record=record)
 

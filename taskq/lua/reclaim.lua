@@ -10,9 +10,18 @@
 -- ARGV[4]  cursor (an entry id; 0-0 to start)
 -- ARGV[5]  most entries to take
 --
--- Returns {next cursor, {{id, fields, deliveries}, ...}, deleted ids}.
--- Deleted ids name entries that were trimmed or deleted while pending;
--- XAUTOCLAIM has already removed them from the pending list.
+-- Returns {next cursor, {{id, fields, deliveries, idle ms before}, ...},
+-- deleted ids}. Deleted ids name entries that were trimmed or deleted while
+-- pending; XAUTOCLAIM has already removed them from the pending list.
+
+-- How long each candidate had been idle, i.e. when its last holder got it:
+-- the closest thing to the start of an attempt that died with its worker.
+local idle = {}
+local candidates = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3],
+  ARGV[4], '+', tonumber(ARGV[5]))
+for _, entry in ipairs(candidates) do
+  idle[entry[1]] = entry[3]
+end
 
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3],
   ARGV[4], 'COUNT', tonumber(ARGV[5]))
@@ -25,7 +34,7 @@ for _, entry in ipairs(claimed[2]) do
     if info[1] then
       deliveries = info[1][4]
     end
-    result[#result + 1] = {entry[1], entry[2], deliveries}
+    result[#result + 1] = {entry[1], entry[2], deliveries, idle[entry[1]] or 0}
   end
 end
 return {claimed[1], result, claimed[3] or {}}
