@@ -51,21 +51,21 @@ def ok(key: str, i: int, ctx: Context) -> None:
     note("end", "ok", i, ctx)
 
 
-@app.task(topic="calls", key="key", retries=3, backoff=taskq.exponential(1, 2, 10, jitter=False))
-def call_api(key: str, n: int, ctx: Context) -> None:
+@app.task(topic="calls", retries=3, backoff=taskq.exponential(1, 2, 10, jitter=False))
+def call_api(n: int, ctx: Context) -> None:
     note("start", "call_api", n, ctx)
     note("end", "call_api", n, ctx)
     raise RuntimeError("upstream 503")
 
 
-@app.task(topic="calls", key="key")
-def ping(key: str, ctx: Context) -> None:
-    note("start", "ping", key, ctx)
+@app.task(topic="calls")
+def ping(ctx: Context) -> None:
+    note("start", "ping", ctx.key, ctx)
 
 
-@app.task(topic="calls", key="key", retries=1)
-def wait_then_retry(key: str, ctx: Context) -> None:
-    note("start", "wait_then_retry", key, ctx)
-    note("end", "wait_then_retry", key, ctx)
+@app.task(topic="calls", retries=1)
+def wait_then_retry(ctx: Context) -> None:
+    note("start", "wait_then_retry", ctx.key, ctx)
+    note("end", "wait_then_retry", ctx.key, ctx)
     if ctx.attempt == 1:
         raise taskq.Retry(delay=5)
