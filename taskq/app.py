@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
-import redis
+from redis import Redis
 
 from taskq import defaults
 from taskq.connection import connect, redact, translate_errors
@@ -56,6 +56,7 @@ class TaskQ:
         default_topic: str = defaults.TASK_TOPIC,
         max_payload_bytes: int = defaults.MAX_PAYLOAD_BYTES,
         dead_letter_max_len: int = 0,
+        socket_timeout: float = defaults.SOCKET_TIMEOUT_S,
     ) -> None:
         self.url = url or os.environ.get(defaults.URL_ENV) or defaults.REDIS_URL
         self.keys = Keys(namespace)
@@ -67,12 +68,15 @@ class TaskQ:
         self.max_payload_bytes = max_payload_bytes
         #: Dead letters kept per partition (0: all of them).
         self.dead_letter_max_len = dead_letter_max_len
+        #: Longest wait for a reply from Redis, in seconds; a producer facing
+        #: a dead server fails after about twice this.
+        self.socket_timeout = socket_timeout
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.consumers: dict[tuple[str, str], Consumer] = {}
         self.topics: dict[str, TopicConfig] = {}
         self._partitions: dict[str, int] = {}
         self._round_robins: dict[str, RoundRobin] = {}
-        self._client: redis.Redis | None = None
+        self._client: Redis | None = None
         self._scripts: Scripts | None = None
         self._lock = threading.Lock()
         self._producer = Producer(self)
@@ -83,13 +87,13 @@ class TaskQ:
     # -- connection --------------------------------------------------------------
 
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Redis:
         """The app's Redis client (created on first use)."""
         client = self._client
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = connect(self.url)
+                    self._client = connect(self.url, socket_timeout=self.socket_timeout)
                 client = self._client
         return client
 
@@ -103,12 +107,18 @@ class TaskQ:
                 scripts = self._scripts
         return scripts
 
-    def new_client(self, name: str | None = None) -> redis.Redis:
+    def new_client(self, name: str | None = None, extra_timeout: float = 0.0) -> Redis:
         """A client with a connection pool of its own (workers use these).
 
-        ``name`` is the connections' client name, shown by CLIENT LIST.
+        ``name`` is the connections' client name, shown by CLIENT LIST;
+        ``extra_timeout`` (s) is added to the socket timeout, for clients
+        that block in Redis.
         """
-        return connect(self.url, client_name=name)
+        return connect(
+            self.url,
+            client_name=name,
+            socket_timeout=self.socket_timeout + extra_timeout,
+        )
 
     def ping(self) -> None:
         """Check that Redis answers; raises taskq.ConnectionError if not."""
@@ -131,7 +141,9 @@ class TaskQ:
         :class:`TopicMismatchError`.
         """
         check_name("topic", name)
-        if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
+        if partitions is not None and (
+            not isinstance(partitions, int) or partitions < 1
+        ):
             raise ConfigurationError(f"topic {name!r}: partitions must be >= 1")
         if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
             raise ConfigurationError(f"topic {name!r}: max_len must be >= 1")
@@ -200,8 +212,7 @@ class TaskQ:
 
     def task(
         self,
-        func: Callable[P, R] | None = None,
-        /,
+        func: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
         topic: str | None = None,
@@ -211,7 +222,7 @@ class TaskQ:
         timeout: float | None = None,
         lease: float | None = None,
         ordered: bool = False,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Register a task: ``@app.task`` or ``@app.task(topic=..., ...)``.
 
         The task is named after the function unless ``name`` is given;
@@ -225,7 +236,7 @@ class TaskQ:
         ``ordered`` runs the messages of one key one at a time, in order.
         """
 
-        def register(f: Callable[P, R]) -> Task[P, R]:
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(f):
                 raise ConfigurationError("@app.task decorates a function")
             task_name = name or f.__name__

@@ -42,13 +42,18 @@ def redact(url: str) -> str:
 def _retry() -> Retry:
     # redis-py's own default retries ten times with growing sleeps; a
     # producer facing a dead server must fail within a bounded time instead.
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2)
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1)
 
 
-def connect(url: str, client_name: str | None = None) -> redis.Redis:
+def connect(
+    url: str,
+    client_name: str | None = None,
+    socket_timeout: float = defaults.SOCKET_TIMEOUT_S,
+) -> redis.Redis:
     """Return a client for ``url``; nothing is sent until it is used.
 
-    ``client_name`` names its connections (``CLIENT LIST`` shows it).
+    ``client_name`` names its connections (``CLIENT LIST`` shows it);
+    ``socket_timeout`` bounds the wait for any reply, in seconds.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
@@ -61,8 +66,8 @@ def connect(url: str, client_name: str | None = None) -> redis.Redis:
     try:
         return redis.Redis.from_url(
             url,
-            socket_connect_timeout=defaults.CONNECT_TIMEOUT_S,
-            socket_timeout=defaults.SOCKET_TIMEOUT_S,
+            socket_connect_timeout=min(defaults.CONNECT_TIMEOUT_S, socket_timeout),
+            socket_timeout=socket_timeout,
             socket_keepalive=True,
             health_check_interval=30,
             retry=_retry(),
@@ -97,9 +102,7 @@ def translate_errors(url: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise ConnectionError(
-            f"cannot reach Redis at {redact(url)}: {exc}"
-        ) from exc
+        raise ConnectionError(f"cannot reach Redis at {redact(url)}: {exc}") from exc
 
 
 class Outage:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from taskq import message as wire
 from taskq.partitioning import partition_for
@@ -31,6 +31,8 @@ REASONS = (
 )
 
 _PREFIX = b"message:"
+
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 @dataclass
@@ -90,7 +92,9 @@ def iterate(
             stream = app.keys.partition(name, p).dead
             start = "-"
             while True:
-                batch = app.redis.xrange(stream, min=start, count=500)
+                batch: Entries = cast(
+                    Any, app.redis.xrange(stream, min=start, count=500)
+                )
                 for entry_id, record in batch:
                     letter = DeadLetter(name, p, wire.text(entry_id), record)
                     if reason is None or letter.reason == reason:
@@ -106,7 +110,9 @@ def find(app: TaskQ, ref: str) -> DeadLetter | None:
         stream = app.keys.partition(topic, int(partition)).dead
     except ValueError:
         return None
-    found = app.redis.xrange(stream, min=entry_id, max=entry_id, count=1)
+    found: Entries = cast(
+        Any, app.redis.xrange(stream, min=entry_id, max=entry_id, count=1)
+    )
     if not found:
         return None
     return DeadLetter(topic, int(partition), entry_id, found[0][1])
@@ -154,7 +160,9 @@ def purge(app: TaskQ, topic: str | None = None, reason: str | None = None) -> in
                 app.redis.delete(dead)
         return removed
     for letter in list(iterate(app, topic, reason)):
-        removed += app.redis.xdel(app.keys.partition(letter.topic, letter.partition).dead, letter.entry_id)
+        removed += app.redis.xdel(
+            app.keys.partition(letter.topic, letter.partition).dead, letter.entry_id
+        )
     return removed
 
 

@@ -50,6 +50,6 @@ RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 
 #: Socket timeouts of the Redis client, in seconds: connecting, and waiting
-#: for a reply to a non-blocking command.
+#: for a reply to a command (blocking reads add their block time).
 CONNECT_TIMEOUT_S = 5.0
-SOCKET_TIMEOUT_S = 10.0
+SOCKET_TIMEOUT_S = 5.0

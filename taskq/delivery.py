@@ -98,7 +98,7 @@ class Rejection:
 class Delivery:
     """An entry a worker holds: read, reclaimed, running or finished."""
 
-    __slots__ = ("sub", "pk", "id", "fields", "deliveries", "lost", "previous_ms")
+    __slots__ = ("deliveries", "fields", "id", "lost", "pk", "previous_ms", "sub")
 
     def __init__(
         self,
@@ -140,7 +140,7 @@ class Settle(enum.Enum):
 
 
 class Outcome:
-    __slots__ = ("kind", "delivery", "delay_ms", "packed", "record")
+    __slots__ = ("delay_ms", "delivery", "kind", "packed", "record")
 
     def __init__(
         self,

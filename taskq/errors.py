@@ -84,7 +84,7 @@ class QueueFull(TaskqError):
 # -- connection ------------------------------------------------------------
 
 
-class ConnectionError(TaskqError):  # noqa: A001 - mirrors redis.ConnectionError
+class ConnectionError(TaskqError):
     """Redis could not be reached or stopped answering."""
 
 
@@ -111,5 +111,7 @@ class Retry(TaskqError):
 class TimeLimitExceeded(TaskqError):
     """A handler ran longer than its task's ``timeout``."""
 
-    def __init__(self, message: str = "the handler ran longer than its timeout") -> None:
+    def __init__(
+        self, message: str = "the handler ran longer than its timeout"
+    ) -> None:
         super().__init__(message)

@@ -58,7 +58,9 @@ class Handler:
             raise ConfigurationError(f"{what}: retries must be a whole number >= 0")
         for option, value in (("timeout", timeout), ("lease", lease)):
             if value is not None and (
-                not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or value <= 0
             ):
                 raise ConfigurationError(f"{what}: {option} must be seconds > 0")
         self.max_attempts = retries + 1
@@ -115,7 +117,11 @@ class Task(Handler, Generic[P, R]):
             )
         self.key = key
         self._init_policy(
-            retries=retries, backoff=backoff, timeout=timeout, lease=lease, ordered=ordered
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            lease=lease,
+            ordered=ordered,
         )
         self.__name__ = getattr(func, "__name__", name)
         self.__doc__ = func.__doc__
@@ -125,7 +131,8 @@ class Task(Handler, Generic[P, R]):
         return f"<Task {self.name} topic={self.topic}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.func(*args, **kwargs)
+        func: Callable[P, R] = self.func
+        return func(*args, **kwargs)
 
     # -- producing -----------------------------------------------------------
 
@@ -133,7 +140,9 @@ class Task(Handler, Generic[P, R]):
         """Validate the arguments and queue the task; returns the message id."""
         return self.app._producer.send_task(self, args, kwargs, SendOptions())
 
-    def send_many(self, items: Iterable[Mapping[str, Any] | tuple[Any, ...]]) -> list[str]:
+    def send_many(
+        self, items: Iterable[Mapping[str, Any] | tuple[Any, ...]]
+    ) -> list[str]:
         """Queue many calls, one pipelined round trip per batch.
 
         Each item is a dict of keyword arguments or a tuple of positional
@@ -172,7 +181,7 @@ class Task(Handler, Generic[P, R]):
 class SendOptions:
     """Per-send overrides: key, and delay or an absolute time."""
 
-    __slots__ = ("key", "delay_s", "eta_ms")
+    __slots__ = ("delay_s", "eta_ms", "key")
 
     def __init__(self) -> None:
         self.key: Any = None
@@ -188,7 +197,11 @@ class SendOptions:
         if delay is not None and eta is not None:
             raise ValueError("pass delay or eta, not both")
         if delay is not None:
-            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
+            if (
+                isinstance(delay, bool)
+                or not isinstance(delay, (int, float))
+                or delay < 0
+            ):
                 raise ValueError(f"delay must be seconds >= 0, not {delay!r}")
             options.delay_s = float(delay)
         if eta is not None:
@@ -218,7 +231,9 @@ class TaskCall(Generic[P, R]):
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self.task.app._producer.send_task(self.task, args, kwargs, self._options)
 
-    def send_many(self, items: Iterable[Mapping[str, Any] | tuple[Any, ...]]) -> list[str]:
+    def send_many(
+        self, items: Iterable[Mapping[str, Any] | tuple[Any, ...]]
+    ) -> list[str]:
         return self.task.app._producer.send_many(self.task, items, self._options)
 
 
@@ -244,11 +259,17 @@ class Consumer(Handler):
         self.signature = EventSignature(func, self.name)
         self.context_param = self.signature.context_param
         self._init_policy(
-            retries=retries, backoff=backoff, timeout=timeout, lease=lease, ordered=ordered
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            lease=lease,
+            ordered=ordered,
         )
 
     def __repr__(self) -> str:
-        return f"<Consumer {self.func.__qualname__} topic={self.topic} group={self.group}>"
+        return (
+            f"<Consumer {self.func.__qualname__} topic={self.topic} group={self.group}>"
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -267,4 +288,3 @@ def validation_reason(error: ValidationError) -> str:
     if any(e.get("type") == "json_invalid" for e in error.errors):
         return "decode_error"
     return "validation_error"
-

@@ -104,10 +104,19 @@ class Keeper:
             {pk for sub in self.subs for pk in sub.partitions},
             key=lambda pk: (pk.topic, pk.partition),
         )
+        self._load_scripts()
         leases = [sub.lease_s for sub in self.subs] or [self.worker.lease_s]
         self.renew_every_s = min(leases) / 3
         self.reclaim_every_s = min(RECLAIM_MAX_S, max(RECLAIM_MIN_S, min(leases) / 3))
         self.watch_time_limits = any(sub.has_timeouts for sub in self.subs)
+
+    def _load_scripts(self) -> None:
+        while True:
+            try:
+                self.scripts.load()
+                return
+            except CONNECTION_ERRORS as exc:
+                time.sleep(self.worker.outage.failed(exc))
 
     def ensure_groups(self, client: redis.Redis, sub: Subscription) -> list[str]:
         """Create the group on every partition that lacks it (from id 0).
@@ -131,7 +140,9 @@ class Keeper:
         for pk, result in zip(sub.partitions, results, strict=True):
             if result is True:
                 created.append(pk.stream)
-            elif isinstance(result, redis.ResponseError) and "BUSYGROUP" not in str(result):
+            elif isinstance(result, redis.ResponseError) and "BUSYGROUP" not in str(
+                result
+            ):
                 self._warn_once(
                     "group",
                     pk.stream,
@@ -180,7 +191,9 @@ class Keeper:
                 for sub in self.subs:
                     self.ensure_groups(self.client, sub)
             else:
-                self._warn_once("job", name, "Housekeeping step %r failed: %s", name, exc)
+                self._warn_once(
+                    "job", name, "Housekeeping step %r failed: %s", name, exc
+                )
         except Exception:
             log.exception("Housekeeping step %r failed.", name)
 
@@ -204,7 +217,8 @@ class Keeper:
     def _renew(self) -> None:
         with self.worker._lock:
             snapshot = [
-                (group, pk, dict(entries)) for (group, pk), entries in self.worker.held.items()
+                (group, pk, dict(entries))
+                for (group, pk), entries in self.worker.held.items()
                 if entries
             ]
         if not snapshot:
@@ -216,7 +230,9 @@ class Keeper:
             for part in chunks(ids):
                 self.scripts.renew(pk, group, self.worker.id, part, client=pipe)
                 calls.append(entries)
-        for entries, lost in zip(calls, pipe.execute(raise_on_error=False), strict=True):
+        for entries, lost in zip(
+            calls, self.scripts.execute(pipe, raise_on_error=False), strict=True
+        ):
             if isinstance(lost, CONNECTION_ERRORS):
                 raise lost
             if isinstance(lost, Exception):
@@ -245,9 +261,15 @@ class Keeper:
             for pk in sub.partitions:
                 cursor = self._cursors.get((sub.group, pk), b"0-0")
                 self.scripts.reclaim(
-                    pk, sub.group, self.worker.id, sub.lease_ms, cursor, count, client=pipe
+                    pk,
+                    sub.group,
+                    self.worker.id,
+                    sub.lease_ms,
+                    cursor,
+                    count,
+                    client=pipe,
                 )
-            results = pipe.execute(raise_on_error=False)
+            results = self.scripts.execute(pipe, raise_on_error=False)
             batch: list[Delivery] = []
             for pk, result in zip(sub.partitions, results, strict=True):
                 if isinstance(result, CONNECTION_ERRORS):
@@ -260,7 +282,13 @@ class Keeper:
                 now_ms = int(time.time() * 1000)
                 for entry_id, flat, deliveries, idle_ms in entries:
                     it = iter(flat)
-                    delivery = Delivery(sub, pk, entry_id, dict(zip(it, it)), int(deliveries))
+                    delivery = Delivery(
+                        sub,
+                        pk,
+                        entry_id,
+                        dict(zip(it, it, strict=False)),
+                        int(deliveries),
+                    )
                     delivery.previous_ms = now_ms - int(idle_ms)
                     batch.append(delivery)
                 if deleted:
@@ -295,14 +323,20 @@ class Keeper:
         elif "WRONGTYPE" in text:
             self.broken_key(sub, pk)
         else:
-            self._warn_once("reclaim", pk.stream, "Reclaim on %s failed: %s", pk.stream, error)
+            self._warn_once(
+                "reclaim", pk.stream, "Reclaim on %s failed: %s", pk.stream, error
+            )
 
     # -- failed reads -----------------------------------------------------------------
 
-    def read_failed(self, client: redis.Redis, sub: Subscription, error: Exception) -> None:
+    def read_failed(
+        self, client: redis.Redis, sub: Subscription, error: Exception
+    ) -> None:
         """Repair what made a read fail, so the next read can succeed."""
         text = str(error)
-        if "NOGROUP" in text:
+        # NOGROUP: the group is gone (the stream was deleted and written
+        # again); UNBLOCKED: the stream was deleted under a blocked read.
+        if "NOGROUP" in text or "UNBLOCKED" in text:
             created = self.ensure_groups(client, sub)
             if created:
                 self.group_lost(sub, created)
@@ -359,7 +393,12 @@ class Keeper:
         )
 
     def _warn_once(
-        self, kind: str, subject: str, msg: str, *args: Any, level: int = logging.WARNING
+        self,
+        kind: str,
+        subject: str,
+        msg: str,
+        *args: Any,
+        level: int = logging.WARNING,
     ) -> None:
         now = time.monotonic()
         with self._lock:
@@ -412,7 +451,7 @@ class Keeper:
             pipe = self.client.pipeline(transaction=False)
             for pk in due:
                 self.scripts.move_due(pk, MOVE_BATCH, client=pipe)
-            results = pipe.execute()
+            results = self.scripts.execute(pipe)
         except (redis.RedisError, OSError) as exc:
             with self._lock:
                 retry_at = time.monotonic() + 1.0
@@ -421,7 +460,9 @@ class Keeper:
             if isinstance(exc, CONNECTION_ERRORS):
                 self.worker.outage.failed(exc)
             else:
-                self._warn_once("delayed", "", "Moving delayed messages failed: %s", exc)
+                self._warn_once(
+                    "delayed", "", "Moving delayed messages failed: %s", exc
+                )
             return
         now = time.monotonic()
         with self._lock:
@@ -450,28 +491,39 @@ class Keeper:
             "dead": self.worker.stats["dead"],
         }
         pipe = self.client.pipeline(transaction=False)
-        pipe.time()
         pipe.zadd(keys.workers, {self.worker.id: now_ms})
         pipe.set(keys.worker(self.worker.id), json.dumps(info), ex=int(HEARTBEAT_S * 6))
-        pipe.expire(keys.workers, int(HEARTBEAT_S * 6))
-        if self._beats % 6 == 0:
-            pipe.zremrangebyscore(keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000))
+        # The rest changes slowly: every third beat is often enough, and an
+        # idle worker stays quiet.
+        housekeeping = self._beats % 3 == 0
+        if housekeeping:
+            pipe.expire(keys.workers, int(HEARTBEAT_S * 6))
+            pipe.zremrangebyscore(
+                keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000)
+            )
+            pipe.time()
         self._beats += 1
-        server_time, *_ = pipe.execute()
-        local_ms = (time.time() * 1000 + now_ms) / 2
-        self._clock_offset_ms = server_time[0] * 1000 + server_time[1] / 1000 - local_ms
+        results = pipe.execute()
+        if housekeeping:
+            server_time = results[-1]
+            local_ms = (time.time() * 1000 + now_ms) / 2
+            self._clock_offset_ms = (
+                server_time[0] * 1000 + server_time[1] / 1000 - local_ms
+            )
 
     def _maintain(self) -> None:
         if not self.subs:
             return
-        idle_ms = int(max(FORGET_CONSUMER_S, 4 * max(s.lease_s for s in self.subs)) * 1000)
+        idle_ms = int(
+            max(FORGET_CONSUMER_S, 4 * max(s.lease_s for s in self.subs)) * 1000
+        )
         pipe = self.client.pipeline(transaction=False)
         for pk in self._partitions:
             self.scripts.trim(pk, client=pipe)
         for sub in self.subs:
             for pk in sub.partitions:
                 self.scripts.forget_consumers(pk, sub.group, idle_ms, client=pipe)
-        results = pipe.execute(raise_on_error=False)
+        results = self.scripts.execute(pipe, raise_on_error=False)
         trimmed = sum(r for r in results[: len(self._partitions)] if isinstance(r, int))
         if trimmed:
             log.debug("Trimmed %d entries that every group is done with.", trimmed)

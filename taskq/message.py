@@ -26,6 +26,8 @@ ignored, so newer producers may add fields without breaking older workers.
 
 from __future__ import annotations
 
+import contextlib
+
 TASK = b"task"
 PAYLOAD = b"payload"
 KEY = b"key"
@@ -47,10 +49,8 @@ def attempt_of(fields: Fields, deliveries: int) -> int:
     raw = fields.get(ATTEMPT)
     copy_attempt = 1
     if raw:
-        try:
+        with contextlib.suppress(ValueError):
             copy_attempt = max(1, int(raw))
-        except ValueError:
-            pass
     return copy_attempt + max(1, deliveries) - 1
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from taskq import message as wire
 from taskq.connection import translate_errors
@@ -30,7 +30,7 @@ BATCH_SIZE = 1000
 class Outgoing:
     """A checked message, ready to be written."""
 
-    __slots__ = ("pk", "fields", "options")
+    __slots__ = ("fields", "options", "pk")
 
     def __init__(
         self, pk: PartitionKeys, fields: dict[bytes, bytes], options: SendOptions | None
@@ -47,7 +47,10 @@ class Producer:
     # -- building --------------------------------------------------------------
 
     def _task_message(
-        self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
         options: SendOptions,
     ) -> Outgoing:
         signature = task.signature
@@ -150,7 +153,7 @@ class Producer:
             for field, value in out.fields.items():
                 args.append(field)
                 args.append(value)
-            entry_id = client.execute_command(*args)
+            entry_id = cast(Any, client).execute_command(*args)
         return wire.message_id(out.pk.topic, out.pk.partition, entry_id)
 
     def _write_batch(self, batch: list[Outgoing]) -> list[str]:
@@ -166,13 +169,15 @@ class Producer:
                 self.app.scripts.append_capped(out.pk, max_len, out.fields, client=pipe)
             else:
                 pipe.xadd(out.pk.stream, out.fields)  # type: ignore[arg-type]
-        results = pipe.execute()
+        results = self.app.scripts.execute(pipe)
         ids: list[str] = []
         for out, tag, result in zip(batch, tags, results, strict=True):
             if tag is not None:
                 ids.append(tag)
             elif result is None:
-                raise QueueFull(out.pk.topic, out.pk.partition, self.app.max_len(out.pk.topic))
+                raise QueueFull(
+                    out.pk.topic, out.pk.partition, self.app.max_len(out.pk.topic) or 0
+                )
             else:
                 ids.append(wire.message_id(out.pk.topic, out.pk.partition, result))
         return ids
@@ -182,7 +187,9 @@ class Producer:
         # its message id is made up now and travels with it as its origin.
         options = out.options
         assert options is not None
-        ref = wire.message_id(out.pk.topic, out.pk.partition, "d-" + os.urandom(8).hex())
+        ref = wire.message_id(
+            out.pk.topic, out.pk.partition, "d-" + os.urandom(8).hex()
+        )
         out.fields[wire.ORIGIN] = ref.encode()
         packed = pack_message(ref.encode(), out.fields)
         delay_ms = int((options.delay_s or 0) * 1000)

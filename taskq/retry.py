@@ -16,7 +16,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from taskq.errors import ConfigurationError
 
@@ -78,7 +77,7 @@ def schedule(delays: Sequence[float]) -> Backoff:
     return Backoff(delay_for, f"schedule({steps})")
 
 
-BackoffOption = Union[None, float, int, Sequence[float], Callable[[int], float], Backoff]
+BackoffOption = float | Sequence[float] | Callable[[int], float] | Backoff | None
 
 
 def make_backoff(option: BackoffOption) -> Backoff:

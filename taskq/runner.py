@@ -250,5 +250,7 @@ class Runner:
 async def _time_limited(coro: Any, timeout_s: float) -> Any:
     try:
         return await asyncio.wait_for(coro, timeout_s)
-    except asyncio.TimeoutError:
-        raise TimeLimitExceeded(f"ran longer than its timeout of {timeout_s:g} s") from None
+    except TimeoutError:
+        raise TimeLimitExceeded(
+            f"ran longer than its timeout of {timeout_s:g} s"
+        ) from None

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from taskq.keys import PartitionKeys
 
@@ -28,7 +29,10 @@ def _source(name: str) -> str:
     folder = resources.files("taskq").joinpath("lua")
     # Lua scripts cannot import one another; the shared helpers are put in
     # front of every script instead (unused local functions cost nothing).
-    return folder.joinpath("lib.lua").read_text() + folder.joinpath(f"{name}.lua").read_text()
+    return (
+        folder.joinpath("lib.lua").read_text()
+        + folder.joinpath(f"{name}.lua").read_text()
+    )
 
 
 def pack_message(tag: bytes, fields: dict[bytes, bytes]) -> bytes:
@@ -68,9 +72,18 @@ def chunks(items: Sequence[T], size: int = MAX_IDS_PER_CALL) -> Iterable[Sequenc
 
 
 class Scripts:
-    """The scripts, registered on one client."""
+    """The scripts, registered on one client.
+
+    In a pipeline a script is sent as a plain EVALSHA: redis-py would ask
+    SCRIPT EXISTS before every pipeline that holds a script, one more round
+    trip each time. Scripts are loaded once instead (:meth:`load`), and
+    :meth:`execute` loads them again and resends what failed when the server
+    forgot them (a restart, a failover, SCRIPT FLUSH).
+    """
 
     def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
         def load(name: str) -> Script:
             return client.register_script(_source(name))
 
@@ -84,6 +97,53 @@ class Scripts:
         self._append_capped = load("append_capped")
         self._trim = load("trim")
         self._forget_consumers = load("forget_consumers")
+        self._all = [
+            self._retry,
+            self._dead_letter,
+            self._schedule,
+            self._move_due,
+            self._renew,
+            self._requeue,
+            self._reclaim,
+            self._append_capped,
+            self._trim,
+            self._forget_consumers,
+        ]
+
+    def load(self) -> None:
+        """Load every script into the server (SCRIPT LOAD)."""
+        for script in self._all:
+            script.sha = self.client.script_load(script.script)
+
+    def _call(
+        self, script: Script, keys: list[Any], args: list[Any], client: Client
+    ) -> Any:
+        if client is not None and hasattr(client, "command_stack"):
+            return cast(Any, client).execute_command(
+                "EVALSHA", script.sha, len(keys), *keys, *args
+            )
+        return script(keys=keys, args=args, client=client)
+
+    def execute(self, pipe: Any, raise_on_error: bool = True) -> list[Any]:
+        """Execute a pipeline that may hold script calls."""
+        stack = [(args, options) for args, options in pipe.command_stack]
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            self.load()
+            again = self.client.pipeline(transaction=False)
+            for i in missing:
+                args, options = stack[i]
+                cast(Any, again).execute_command(*args, **options)
+            for i, result in zip(
+                missing, again.execute(raise_on_error=False), strict=True
+            ):
+                results[i] = result
+        if raise_on_error:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results
 
     def retry(
         self,
@@ -100,10 +160,11 @@ class Scripts:
         Returns the due time in ms, or None when another consumer holds the
         entry now.
         """
-        return self._retry(
-            keys=[pk.stream, pk.delayed],
-            args=[group, entry_id, consumer, max(0, int(delay_ms)), packed],
-            client=client,
+        return self._call(
+            self._retry,
+            [pk.stream, pk.delayed],
+            [group, entry_id, consumer, max(0, int(delay_ms)), packed],
+            client,
         )
 
     def dead_letter(
@@ -121,7 +182,7 @@ class Scripts:
         for field, value in record.items():
             args.append(field)
             args.append(value)
-        result = self._dead_letter(keys=[pk.stream, pk.dead], args=args, client=client)
+        result = self._call(self._dead_letter, [pk.stream, pk.dead], args, client)
         return result or None
 
     def schedule(
@@ -134,15 +195,16 @@ class Scripts:
         client: Client = None,
     ) -> Any:
         """Add a message to the delayed set; returns the due time in ms."""
-        return self._schedule(
-            keys=[pk.delayed],
-            args=[-1 if due_ms is None else int(due_ms), max(0, int(delay_ms)), packed],
-            client=client,
+        return self._call(
+            self._schedule,
+            [pk.delayed],
+            [-1 if due_ms is None else int(due_ms), max(0, int(delay_ms)), packed],
+            client,
         )
 
     def move_due(self, pk: PartitionKeys, limit: int, client: Client = None) -> Any:
         """Move due messages onto the stream: ``[moved, ms_to_next or -1]``."""
-        return self._move_due(keys=[pk.delayed, pk.stream], args=[limit], client=client)
+        return self._call(self._move_due, [pk.delayed, pk.stream], [limit], client)
 
     def renew(
         self,
@@ -153,7 +215,7 @@ class Scripts:
         client: Client = None,
     ) -> Any:
         """Reset the idle time of held entries; returns the ids lost."""
-        return self._renew(keys=[pk.stream], args=[group, consumer, *ids], client=client)
+        return self._call(self._renew, [pk.stream], [group, consumer, *ids], client)
 
     def requeue(
         self,
@@ -171,18 +233,18 @@ class Scripts:
         for entry_id, packed in entries:
             args.append(entry_id)
             args.append(packed)
-        return self._requeue(keys=[pk.stream], args=args, client=client)
+        return self._call(self._requeue, [pk.stream], args, client)
 
     def trim(self, pk: PartitionKeys, client: Client = None) -> Any:
         """Remove entries every group is done with; returns how many."""
-        return self._trim(keys=[pk.stream], args=[], client=client)
+        return self._call(self._trim, [pk.stream], [], client)
 
     def forget_consumers(
         self, pk: PartitionKeys, group: str, idle_ms: int, client: Client = None
     ) -> Any:
         """Remove consumers that hold nothing and were idle for ``idle_ms``."""
-        return self._forget_consumers(
-            keys=[pk.stream], args=[group, int(idle_ms)], client=client
+        return self._call(
+            self._forget_consumers, [pk.stream], [group, int(idle_ms)], client
         )
 
     def reclaim(
@@ -196,10 +258,11 @@ class Scripts:
         client: Client = None,
     ) -> Any:
         """Take over entries idle for longer than the lease."""
-        return self._reclaim(
-            keys=[pk.stream],
-            args=[group, consumer, int(lease_ms), cursor, count],
-            client=client,
+        return self._call(
+            self._reclaim,
+            [pk.stream],
+            [group, consumer, int(lease_ms), cursor, count],
+            client,
         )
 
     def append_capped(
@@ -214,4 +277,4 @@ class Scripts:
         for field, value in fields.items():
             args.append(field)
             args.append(value)
-        return self._append_capped(keys=[pk.stream], args=args, client=client)
+        return self._call(self._append_capped, [pk.stream], args, client)

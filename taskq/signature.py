@@ -27,7 +27,9 @@ def _is_context(annotation: Any) -> bool:
     if annotation is Context:
         return True
     args = typing.get_args(annotation)
-    return bool(args) and Context in args and all(a in (Context, type(None)) for a in args)
+    return (
+        bool(args) and Context in args and all(a in (Context, type(None)) for a in args)
+    )
 
 
 def _error_list(exc: pydantic.ValidationError) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -122,7 +122,9 @@ def _group_stats(
     lag = info.get("lag")
     if lag is None:
         # Redis before 7.0, or a stream with deletions: count by hand.
-        after = client.xrange(stream, min=f"({last_id}", count=LAG_COUNT_LIMIT)
+        after: list[Any] = cast(
+            Any, client.xrange(stream, min=f"({last_id}", count=LAG_COUNT_LIMIT)
+        )
         lag = len(after) if len(after) < LAG_COUNT_LIMIT else None
     return GroupStats(
         group=name,
@@ -138,7 +140,10 @@ def workers(app: TaskQ) -> list[WorkerStats]:
     client = app.redis
     now_ms = time.time() * 1000
     result = []
-    for worker_id, seen_ms in client.zrange(app.keys.workers, 0, -1, withscores=True):
+    members: list[tuple[bytes, float]] = cast(
+        Any, client.zrange(app.keys.workers, 0, -1, withscores=True)
+    )
+    for worker_id, seen_ms in members:
         raw = client.get(app.keys.worker(_s(worker_id)))
         if not raw:
             continue

@@ -21,7 +21,9 @@ RESTART_PAUSE_S = 1.0
 
 
 def supervise(count: int, argv: list[str]) -> int:
-    children: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv) for _ in range(count)]
+    children: list[subprocess.Popen[bytes]] = [
+        subprocess.Popen(argv) for _ in range(count)
+    ]
     started = [time.monotonic()] * count
     stopping = False
 
@@ -46,7 +48,9 @@ def supervise(count: int, argv: list[str]) -> int:
             if stopping or code == 0:
                 status = status or code
                 continue
-            log.warning("Worker process %d exited with %d; starting another.", child.pid, code)
+            log.warning(
+                "Worker process %d exited with %d; starting another.", child.pid, code
+            )
             if time.monotonic() - started[n] < RESTART_PAUSE_S:
                 time.sleep(RESTART_PAUSE_S)
             children[n] = subprocess.Popen(argv)

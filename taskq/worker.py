@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -165,7 +165,9 @@ class Worker:
             log.warning("Nothing to do: no task or consumer matches this worker.")
         for sub in self.subscriptions:
             count = self.app.partitions(sub.topic)
-            sub.set_partitions([self.app.keys.partition(sub.topic, p) for p in range(count)])
+            sub.set_partitions(
+                [self.app.keys.partition(sub.topic, p) for p in range(count)]
+            )
         self.keeper.prepare()
         for sub in self.subscriptions:
             self._spawn(f"taskq-reader-{sub.topic}-{sub.group}", self._read_loop, sub)
@@ -222,7 +224,9 @@ class Worker:
     # -- reading -------------------------------------------------------------------
 
     def _read_loop(self, sub: Subscription) -> None:
-        client = self.app.new_client(f"taskq-reader:{self.id}")
+        client = self.app.new_client(
+            f"taskq-reader:{self.id}", extra_timeout=self.block_ms / 1000
+        )
         client.set_response_callback("XREADGROUP", lambda response, **options: response)
         block: list[Any] = [] if self.burst else ["BLOCK", self.block_ms]
         self.keeper.ensure_groups(client, sub)
@@ -238,8 +242,15 @@ class Worker:
             count = min(self.read_batch, -(-free // streams))
             try:
                 self._remember_reader(client, sub)
-                response = client.execute_command(
-                    "XREADGROUP", "GROUP", sub.group, self.id, "COUNT", count, *block, *tail
+                response = cast(Any, client).execute_command(
+                    "XREADGROUP",
+                    "GROUP",
+                    sub.group,
+                    self.id,
+                    "COUNT",
+                    count,
+                    *block,
+                    *tail,
                 )
             except CONNECTION_ERRORS as exc:
                 if self._stopping.is_set():
@@ -265,7 +276,11 @@ class Worker:
     def _remember_reader(self, client: redis.Redis, sub: Subscription) -> None:
         # The client id lets stop() end a blocking read at once (CLIENT
         # UNBLOCK), so no entry is delivered to a worker that is stopping.
-        if sub not in self._reader_ids and self.block_ms and not is_memory(self.app.url):
+        if (
+            sub not in self._reader_ids
+            and self.block_ms
+            and not is_memory(self.app.url)
+        ):
             self._reader_ids[sub] = client.client_id()
 
     def _accept(self, sub: Subscription, response: Any) -> None:
@@ -279,7 +294,9 @@ class Worker:
                 if flat is None:  # deleted after delivery; nothing to run
                     continue
                 it = iter(flat)
-                batch.append(Delivery(sub, pk, entry_id, dict(zip(it, it))))
+                batch.append(
+                    Delivery(sub, pk, entry_id, dict(zip(it, it, strict=False)))
+                )
         self.hold(batch)
 
     def hold(self, batch: list[Delivery]) -> None:
@@ -377,7 +394,9 @@ class Worker:
                 break
         client.close()
 
-    def _settle(self, client: redis.Redis, scripts: Scripts, batch: list[Outcome]) -> None:
+    def _settle(
+        self, client: redis.Redis, scripts: Scripts, batch: list[Outcome]
+    ) -> None:
         while True:
             try:
                 self._settle_once(client, scripts, batch)
@@ -396,7 +415,9 @@ class Worker:
                 time.sleep(self.outage.failed(exc))
         self.release(o.delivery for o in batch)
 
-    def _settle_once(self, client: redis.Redis, scripts: Scripts, batch: list[Outcome]) -> None:
+    def _settle_once(
+        self, client: redis.Redis, scripts: Scripts, batch: list[Outcome]
+    ) -> None:
         pipe = client.pipeline(transaction=False)
         acks: dict[tuple[str, str], list[bytes]] = {}
         calls: list[Outcome] = []
@@ -405,7 +426,9 @@ class Worker:
             if delivery.lost:
                 continue
             if outcome.kind is Settle.ACK:
-                acks.setdefault((delivery.pk.stream, delivery.sub.group), []).append(delivery.id)
+                acks.setdefault((delivery.pk.stream, delivery.sub.group), []).append(
+                    delivery.id
+                )
             elif outcome.kind is Settle.RETRY:
                 scripts.retry(
                     delivery.pk,
@@ -431,13 +454,17 @@ class Worker:
                 calls.append(outcome)
         ack_keys = list(acks)
         for stream, group in ack_keys:
-            pipe.execute_command("XACK", stream, group, *acks[(stream, group)])
+            cast(Any, pipe).execute_command(
+                "XACK", stream, group, *acks[(stream, group)]
+            )
         if not calls and not ack_keys:
             return
-        results = pipe.execute(raise_on_error=False)
+        results = scripts.execute(pipe, raise_on_error=False)
         for outcome, result in zip(calls, results, strict=False):
             self._after_call(outcome, result)
-        for (stream, group), result in zip(ack_keys, results[len(calls) :], strict=True):
+        for (stream, group), result in zip(
+            ack_keys, results[len(calls) :], strict=True
+        ):
             ids = acks[(stream, group)]
             if isinstance(result, CONNECTION_ERRORS):
                 raise result
@@ -543,7 +570,9 @@ class Worker:
             return 0
         by_partition: dict[tuple[str, PartitionKeys], list[Delivery]] = {}
         for delivery in deliveries:
-            by_partition.setdefault((delivery.sub.group, delivery.pk), []).append(delivery)
+            by_partition.setdefault((delivery.sub.group, delivery.pk), []).append(
+                delivery
+            )
         count = 0
         try:
             scripts = self.keeper.scripts

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from taskq import TaskQ, Worker
-from tests.support import RedisServer, find_redis_server, wait_for
+from tests.support import RedisServer, bind_app, find_redis_server, wait_for
 
 BACKENDS = ["memory", "redis"]
 
@@ -112,3 +112,17 @@ def running() -> Any:
 def until() -> Any:
     return wait_for
 
+
+@pytest.fixture
+def counter(
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """The counter test app (tests/apps/counter.py), bound to this test's
+    Redis and namespace, for tests that also run it in worker processes."""
+    import tests.apps.counter as module
+
+    bind_app(module.app, redis_url, namespace)
+    monkeypatch.setattr(module, "RUNS", f"{namespace}:test:runs")
+    monkeypatch.setattr(module, "STARTS", f"{namespace}:test:starts")
+    yield module
+    module.app.close()

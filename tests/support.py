@@ -29,7 +29,10 @@ def free_port() -> int:
 
 
 def wait_for(
-    condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    what: str = "",
 ) -> Any:
     """Poll ``condition`` until it is truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -38,7 +41,9 @@ def wait_for(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what or condition}"
+            )
         time.sleep(interval)
 
 
@@ -63,19 +68,31 @@ class RedisServer:
     def start(self) -> None:
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.folder),
-            "--save", "",
-            "--appendonly", "yes" if self.persistent else "no",
-            "--appendfsync", "always",
-            "--maxmemory-policy", "noeviction",
-            "--logfile", str(self.folder / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.folder),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str(self.folder / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
-            wait_for(lambda: self._pings(client), timeout=10, what="redis-server to start")
+            wait_for(
+                lambda: self._pings(client), timeout=10, what="redis-server to start"
+            )
         finally:
             client.close()
 
@@ -110,8 +127,22 @@ class RedisServer:
         self.start()
 
 
+def bind_app(app: Any, url: str, namespace: str) -> Any:
+    """Point a test app module's app at this test's Redis and namespace."""
+    app.url = url
+    app.keys.namespace = namespace
+    app._client = None
+    app._scripts = None
+    app._partitions.clear()
+    return app
+
+
 def worker_process(
-    app_path: str, url: str, namespace: str, *args: str, env: dict[str, str] | None = None
+    app_path: str,
+    url: str,
+    namespace: str,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``taskq worker APP`` as a separate process."""
     environment = dict(os.environ)

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from taskq import Worker
 from taskq.cli import main
-from tests.support import ROOT
 
 APP = "tests.apps.cli_app:app"
 
@@ -75,7 +74,10 @@ def test_send_stats_and_dead_letters(cli: Any) -> None:
 
     listed = cli("dlq", "list", APP).output
     assert "retries_exhausted" in listed and "call_api" in listed and "audit" in listed
-    lines = [json.loads(line) for line in cli("dlq", "list", APP, "--json").output.splitlines()]
+    lines = [
+        json.loads(line)
+        for line in cli("dlq", "list", APP, "--json").output.splitlines()
+    ]
     by_group = {line["group"]: line for line in lines}
     assert by_group["tasks"]["error"] == "RuntimeError upstream 503"
     assert by_group["tasks"]["key"] == "b"
@@ -89,7 +91,12 @@ def test_send_stats_and_dead_letters(cli: Any) -> None:
     assert "call_api" not in cli("dlq", "list", APP).output
     # The replay goes to the task group only, with its attempts reset.
     Worker(app, burst=True).run(install_signals=False)
-    [again] = [json.loads(line) for line in cli("dlq", "list", APP, "--topic", "calls", "--json").output.splitlines()]
+    [again] = [
+        json.loads(line)
+        for line in cli(
+            "dlq", "list", APP, "--topic", "calls", "--json"
+        ).output.splitlines()
+    ]
     assert again["attempts"] == "1" and again["key"] == "b"
 
     refused = cli("dlq", "purge", APP, input="n\n")

@@ -16,30 +16,22 @@ from tests.test_worker import pending
 pytestmark = pytest.mark.redis
 
 
-def _counter_app(make_app: Any, url: str, namespace: str) -> Any:
-    import tests.apps.counter as counter
-
-    app = make_app(url, namespace=namespace)
-    # The test app's tasks, registered on an app of this test's namespace.
-    app.topic("jobs", partitions=4)
-    task = app.task(topic="jobs", key="key", name="record")(counter.record.func)
-    return app, task
-
-
 def test_two_burst_workers_run_every_task_once(
-    make_app: Any, redis_url: str, namespace: str
+    counter: Any, redis_url: str, namespace: str
 ) -> None:
-    app, record = _counter_app(make_app, redis_url, namespace)
+    app, record = counter.app, counter.record
     keys = ["alpha", "beta", "gamma", "delta"]
     record.send_many([{"key": keys[n % 4], "n": n} for n in range(10_000)])
     workers = [
-        worker_process("tests.apps.counter:app", redis_url, namespace, "--burst", "-c", "4")
+        worker_process(
+            "tests.apps.counter:app", redis_url, namespace, "--burst", "-c", "4"
+        )
         for _ in range(2)
     ]
     for worker in workers:
         output, _ = worker.communicate(timeout=120)
         assert worker.returncode == 0, output.decode()
-    runs = app.redis.hgetall(f"{namespace}:test:runs")
+    runs = app.redis.hgetall(counter.RUNS)
     assert len(runs) == 10_000
     assert set(runs.values()) == {b"1"}
     assert pending(app, "jobs") == 0

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from taskq import TaskQ
-from tests.support import wait_for, worker_process
+from tests.support import bind_app, wait_for, worker_process
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -37,7 +37,9 @@ class Workers:
 
         self.redis = redis.Redis.from_url(url)
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         proc = worker_process(APP, self.url, self.namespace, *args, env=env)
         self.procs.append(proc)
         return proc
@@ -71,12 +73,7 @@ def rel(redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The reliability test app, bound to this test's Redis and namespace."""
     import tests.apps.reliability as module
 
-    app: TaskQ = module.app
-    app.url = redis_url
-    app.keys.namespace = namespace
-    app._client = None
-    app._scripts = None
-    app._partitions.clear()
+    app: TaskQ = bind_app(module.app, redis_url, namespace)
     monkeypatch.setattr(module, "EVENTS", f"{namespace}:test:events")
     yield module
     app.close()
@@ -89,7 +86,9 @@ def consumers(app: TaskQ, topic: str, partition: int = 0) -> list[dict[str, Any]
 
 def total_pending(app: TaskQ, topic: str) -> int:
     return sum(
-        app.redis.xpending(app.keys.partition(topic, p).stream, app.task_group)["pending"]
+        app.redis.xpending(app.keys.partition(topic, p).stream, app.task_group)[
+            "pending"
+        ]
         for p in range(app.partitions(topic))
     )
 
@@ -111,7 +110,8 @@ def test_entry_of_a_killed_worker_is_reclaimed(rel: Any, workers: Workers) -> No
     w1 = workers.start("--lease", "3", "-c", "1")
     workers.start("--lease", "3", "-c", "1")
     first = wait_for(
-        lambda: [e for e in workers.of("start", "slow") if e["pid"] == w1.pid], timeout=20
+        lambda: [e for e in workers.of("start", "slow") if e["pid"] == w1.pid],
+        timeout=20,
     )[0]
     os.kill(w1.pid, signal.SIGKILL)
     t_kill = time.time()
@@ -125,13 +125,20 @@ def test_entry_of_a_killed_worker_is_reclaimed(rel: Any, workers: Workers) -> No
     assert [e["pid"] == w1.pid for e in m_starts] == [True, False]
     assert [e["attempt"] for e in m_starts] == [1, 2]
     assert all(e["attempt"] == 1 for e in starts if e["n"] != m)
-    assert sorted(e["n"] for e in starts if e["n"] != m) == [n for n in range(1, 7) if n != m]
+    assert sorted(e["n"] for e in starts if e["n"] != m) == [
+        n for n in range(1, 7) if n != m
+    ]
     [m_end] = [e for e in ends if e["n"] == m]
-    timeline = [(round(e["t"] - t_kill, 2), e["event"], e["n"], e["pid"] == w1.pid) for e in workers.events()]
+    timeline = [
+        (round(e["t"] - t_kill, 2), e["event"], e["n"], e["pid"] == w1.pid)
+        for e in workers.events()
+    ]
     assert m_end["t"] <= t_kill + 7.0, timeline
     app = rel.app
     wait_for(lambda: total_pending(app, "jobs") == 0, timeout=5)
-    dead_consumer = [c for c in consumers(app, "jobs") if f"-{w1.pid}-" in c["name"].decode()]
+    dead_consumer = [
+        c for c in consumers(app, "jobs") if f"-{w1.pid}-" in c["name"].decode()
+    ]
     assert all(c["pending"] == 0 for c in dead_consumer)
 
 
@@ -140,16 +147,21 @@ def test_a_killed_recoverer_does_not_stop_recovery(rel: Any, workers: Workers) -
         rel.slow.send(f"k{n}", n, 2.0)
     w1 = workers.start("--lease", "3", "-c", "1")
     w2 = workers.start("--lease", "3", "-c", "1")
-    wait_for(lambda: any(e["pid"] == w2.pid for e in workers.of("start", "slow")), timeout=20)
+    wait_for(
+        lambda: any(e["pid"] == w2.pid for e in workers.of("start", "slow")), timeout=20
+    )
     os.kill(w2.pid, signal.SIGSTOP)
     w3 = workers.start("--lease", "3", "-c", "1")
     first = wait_for(
-        lambda: [e for e in workers.of("start", "slow") if e["pid"] == w1.pid], timeout=20
+        lambda: [e for e in workers.of("start", "slow") if e["pid"] == w1.pid],
+        timeout=20,
     )[0]
     m = first["n"]
     os.kill(w1.pid, signal.SIGKILL)
     wait_for(
-        lambda: [e for e in workers.of("start", "slow") if e["pid"] == w3.pid and e["n"] == m],
+        lambda: [
+            e for e in workers.of("start", "slow") if e["pid"] == w3.pid and e["n"] == m
+        ],
         timeout=20,
     )
     os.kill(w3.pid, signal.SIGKILL)
@@ -164,12 +176,17 @@ def test_a_killed_recoverer_does_not_stop_recovery(rel: Any, workers: Workers) -
     assert m_end["pid"] == w2.pid
     assert m_end["t"] <= t_kill2 + 7.0
 
-    wait_for(lambda: {e["n"] for e in workers.of("end", "slow")} == set(range(1, 7)), timeout=30)
+    wait_for(
+        lambda: {e["n"] for e in workers.of("end", "slow")} == set(range(1, 7)),
+        timeout=30,
+    )
     app = rel.app
     wait_for(lambda: total_pending(app, "jobs") == 0, timeout=10)
     # Nothing that coordinates workers is left without an expiry: only the
     # data itself (topics, streams, delayed sets, dead letters) persists.
-    data = re.compile(rf"^{app.keys.namespace}:(topics|test:.*|{{[^}}]+}}:(stream|delayed|dead))$")
+    data = re.compile(
+        rf"^{app.keys.namespace}:(topics|test:.*|{{[^}}]+}}:(stream|delayed|dead))$"
+    )
     for key in app.redis.scan_iter(f"{app.keys.namespace}:*"):
         if not data.match(key.decode()):
             assert app.redis.ttl(key) > 0, f"{key.decode()} has no expiry"
@@ -190,7 +207,9 @@ def _supervise(workers: Workers, until: Any, timeout: float, *args: str) -> None
 
 
 @pytest.mark.parametrize("task", ["boom", "boom2"])
-def test_a_poison_message_is_dead_lettered(rel: Any, workers: Workers, task: str) -> None:
+def test_a_poison_message_is_dead_lettered(
+    rel: Any, workers: Workers, task: str
+) -> None:
     getattr(rel, task).send("bad")
     started = time.monotonic()
     for i in range(5):
@@ -201,7 +220,10 @@ def test_a_poison_message_is_dead_lettered(rel: Any, workers: Workers, task: str
         workers,
         lambda: len(workers.of("end", "ok")) == 5 and dead(app, "jobs"),
         30,
-        "--lease", "2", "-c", "1",
+        "--lease",
+        "2",
+        "-c",
+        "1",
     )
     assert time.monotonic() - started <= 14
     poison_starts = workers.of("start", task)
@@ -225,7 +247,11 @@ def test_a_poison_message_is_dead_lettered(rel: Any, workers: Workers, task: str
 
     listed = subprocess.run(
         [os.sys.executable, "-m", "taskq", "dlq", "list", APP],
-        env={**os.environ, "TASKQ_URL": workers.url, "TASKQ_TEST_NAMESPACE": workers.namespace},
+        env={
+            **os.environ,
+            "TASKQ_URL": workers.url,
+            "TASKQ_TEST_NAMESPACE": workers.namespace,
+        },
         capture_output=True,
         text=True,
         check=True,
@@ -259,7 +285,11 @@ def test_sigterm_finishes_running_tasks_and_hands_back_the_rest(
     wait_for(lambda: len(workers.of("end", "slow")) >= 6, timeout=30)
     starts = workers.of("start", "slow")
     ends = workers.of("end", "slow")
-    assert sorted(e["n"] for e in starts) == sorted(e["n"] for e in ends) == [1, 2, 3, 4, 5, 6]
+    assert (
+        sorted(e["n"] for e in starts)
+        == sorted(e["n"] for e in ends)
+        == [1, 2, 3, 4, 5, 6]
+    )
     w1_starts = {e["n"] for e in starts if e["pid"] == w1.pid}
     assert w1_starts == running_at_term  # nothing new started after SIGTERM
     last_w1_end = max(e["t"] for e in ends if e["pid"] == w1.pid)
@@ -284,7 +314,9 @@ def test_sigterm_with_a_short_grace_hands_back_running_tasks(
     w1_output, _ = w1.communicate(timeout=20)
     t_exit = time.time()
     assert w1.returncode == 0
-    assert "2 task(s) still running after the 1 s shutdown timeout" in w1_output.decode()
+    assert (
+        "2 task(s) still running after the 1 s shutdown timeout" in w1_output.decode()
+    )
 
     wait_for(lambda: len(workers.of("end", "slow")) >= 6, timeout=40)
     ends = workers.of("end", "slow")
@@ -293,7 +325,9 @@ def test_sigterm_with_a_short_grace_hands_back_running_tasks(
     # four W2 had already read (two running, two read ahead): they start
     # when W2 gets to them, long before their 60 s lease would run out.
     for n in interrupted:
-        again = [e for e in workers.of("start", "slow") if e["n"] == n and e["pid"] != w1.pid]
+        again = [
+            e for e in workers.of("start", "slow") if e["n"] == n and e["pid"] != w1.pid
+        ]
         assert [e["attempt"] for e in again] == [2]
         assert again[0]["t"] <= t_exit + 2 * 5.0 + 3.0
 
@@ -325,8 +359,13 @@ def test_retries_follow_the_backoff_and_end_in_one_dead_letter(
     assert record[b"message:payload"] == b'{"n":1}'
     assert record[b"key"] == b"a"
     assert record[b"attempts"] == b"4"
-    assert (record[b"error_type"], record[b"error"]) == (b"RuntimeError", b"upstream 503")
-    assert int(record[b"first_attempt"]) / 1000 == pytest.approx(starts[0]["t"], abs=0.5)
+    assert (record[b"error_type"], record[b"error"]) == (
+        b"RuntimeError",
+        b"upstream 503",
+    )
+    assert int(record[b"first_attempt"]) / 1000 == pytest.approx(
+        starts[0]["t"], abs=0.5
+    )
     assert int(record[b"last_attempt"]) / 1000 == pytest.approx(starts[3]["t"], abs=0.5)
     assert workers.of("start", "ping")[0]["t"] <= pinged + 1.0
     assert total_pending(app, "calls") == 0

@@ -8,8 +8,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import pytest
-
 import taskq
 from taskq import Context, TaskQ, Worker
 
@@ -116,7 +114,9 @@ def test_failures_are_retried_with_the_same_message_id(
     assert dead_letters(app, "flaky") == []
 
 
-def test_exhausted_retries_end_in_one_dead_letter(app: TaskQ, running: Any, until: Any) -> None:
+def test_exhausted_retries_end_in_one_dead_letter(
+    app: TaskQ, running: Any, until: Any
+) -> None:
     @app.task(topic="calls", key="k", retries=2, backoff=0.01)
     def call_api(k: str, n: int) -> None:
         raise RuntimeError("upstream 503")
@@ -152,7 +152,9 @@ def test_explicit_retry_with_delay(app: TaskQ, running: Any, until: Any) -> None
     assert 0.45 <= starts[1] - starts[0] <= 2.0
 
 
-def test_delayed_send_runs_after_its_delay(app: TaskQ, running: Any, until: Any) -> None:
+def test_delayed_send_runs_after_its_delay(
+    app: TaskQ, running: Any, until: Any
+) -> None:
     ran: list[float] = []
 
     @app.task(topic="later")
@@ -184,7 +186,9 @@ def test_time_limit(app: TaskQ, running: Any, until: Any) -> None:
     with running(Worker(app)):
         until(lambda: len(dead_letters(app, "slow")) == 2, timeout=5)
     assert finished == []
-    assert {r[b"error_type"] for r in dead_letters(app, "slow")} == {b"TimeLimitExceeded"}
+    assert {r[b"error_type"] for r in dead_letters(app, "slow")} == {
+        b"TimeLimitExceeded"
+    }
 
 
 def test_graceful_stop_finishes_running_tasks(app: TaskQ, until: Any) -> None:

@@ -95,7 +95,9 @@ def send_welcome(to: str, name: str, ctx: Context) -> None:
 def mail_urgent(event: Notification, ctx: Context) -> None:
     """Mail urgent notifications at once; the rest wait for the digest."""
     if event.urgent:
-        deliver(event.email, f"Urgent: {event.kind}", event.text, f"urgent.{ctx.message_id}")
+        deliver(
+            event.email, f"Urgent: {event.kind}", event.text, f"urgent.{ctx.message_id}"
+        )
 
 
 @app.consumer("notifications", group="kinds")

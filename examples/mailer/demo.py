@@ -20,16 +20,19 @@ TIMEOUT_S = 60.0
 def run(url: str = "memory://demo", mailbox: Path | None = None) -> int:
     """Run the demo; returns the exit status (0 when every mail arrived)."""
     os.environ["TASKQ_URL"] = url
-    from taskq import Worker
     from taskq_mailer import sink
     from taskq_mailer.app import app, kinds, sent
     from taskq_mailer.producer import produce
+
+    from taskq import Worker
 
     folder = mailbox or Path(tempfile.mkdtemp(prefix="taskq-demo-"))
     controller, mailbox_handler = sink.start(folder)
     os.environ["MAILER_SMTP_HOST"] = "127.0.0.1"
     os.environ["MAILER_SMTP_PORT"] = str(controller.port)
-    click.echo(f"SMTP sink listening on 127.0.0.1:{controller.port}, mail goes to {folder}/")
+    click.echo(
+        f"SMTP sink listening on 127.0.0.1:{controller.port}, mail goes to {folder}/"
+    )
 
     worker = Worker(app, concurrency=8)
     thread = threading.Thread(target=worker.run, kwargs={"install_signals": False})
@@ -41,7 +44,9 @@ def run(url: str = "memory://demo", mailbox: Path | None = None) -> int:
         f"Sent {counts['signups']} signups and {counts['notifications']} "
         f"notifications ({counts['urgent']} urgent); waiting for {expected} mails..."
     )
-    while mailbox_handler.unique() < expected and time.monotonic() - started < TIMEOUT_S:
+    while (
+        mailbox_handler.unique() < expected and time.monotonic() - started < TIMEOUT_S
+    ):
         time.sleep(0.05)
     elapsed = time.monotonic() - started
     worker.stop()
@@ -57,6 +62,9 @@ def run(url: str = "memory://demo", mailbox: Path | None = None) -> int:
     click.echo(f"  notifications by kind      {dict(sorted(kinds.items()))}")
     click.echo(f"  time taken                 {elapsed:.2f} s")
     if received < expected:
-        click.echo(f"Only {received} of {expected} mails arrived within {TIMEOUT_S:g} s.", err=True)
+        click.echo(
+            f"Only {received} of {expected} mails arrived within {TIMEOUT_S:g} s.",
+            err=True,
+        )
         return 1
     return 0

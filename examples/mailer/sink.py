@@ -31,7 +31,9 @@ class FolderHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         content = envelope.original_content or envelope.content
         mail = email.message_from_bytes(content, policy=default)
-        name = re.sub(r"[^A-Za-z0-9_.@-]", "_", str(mail["Message-ID"] or time.time_ns()))
+        name = re.sub(
+            r"[^A-Za-z0-9_.@-]", "_", str(mail["Message-ID"] or time.time_ns())
+        )
         (self.folder / f"{name}.eml").write_bytes(content)
         with self._lock:
             self.received += 1

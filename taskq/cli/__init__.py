@@ -20,7 +20,9 @@ import click
 from taskq.app import TaskQ
 from taskq.errors import TaskqError
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d %(threadName)s] %(message)s"
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)-7s %(name)s [%(process)d %(threadName)s] %(message)s"
+)
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
@@ -47,7 +49,9 @@ def load_app(path: str) -> TaskQ:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+        if exc.name and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):
             raise click.BadParameter(
                 f"no module named {exc.name!r} (looked in the current directory "
                 "and sys.path)",
@@ -60,7 +64,8 @@ def load_app(path: str) -> TaskQ:
             target = getattr(target, part)
         except AttributeError:
             raise click.BadParameter(
-                f"module {module_name!r} has no attribute {attribute!r}", param_hint="APP"
+                f"module {module_name!r} has no attribute {attribute!r}",
+                param_hint="APP",
             ) from None
     if not isinstance(target, TaskQ):
         raise click.BadParameter(

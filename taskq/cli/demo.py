@@ -10,8 +10,12 @@ from taskq.cli import LOG_LEVELS, setup_logging
 
 
 @click.command()
-@click.option("--url", default="memory://demo", show_default=True, help="Redis to run on.")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="warning", show_default=True)
+@click.option(
+    "--url", default="memory://demo", show_default=True, help="Redis to run on."
+)
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS), default="warning", show_default=True
+)
 def demo(url: str, log_level: str) -> None:
     """Run the mailing example in one process: an SMTP sink, a worker and a
     producer that sends a few hundred mails; then print a summary."""

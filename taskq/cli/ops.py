@@ -9,13 +9,18 @@ import click
 
 from taskq import deadletters
 from taskq.cli import load_app
-from taskq.stats import collect
+from taskq.stats import GroupStats, collect
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
+    widths = [
+        max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+        for row in rows
+    ]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -24,8 +29,14 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 @click.argument("task")
 @click.argument("args_json", default="{}")
 @click.option("--key", help="Message key (default: the task's own key argument).")
-@click.option("--delay", type=click.FloatRange(min=0), help="Run no sooner than this many seconds from now.")
-def send(app: str, task: str, args_json: str, key: str | None, delay: float | None) -> None:
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    help="Run no sooner than this many seconds from now.",
+)
+def send(
+    app: str, task: str, args_json: str, key: str | None, delay: float | None
+) -> None:
     """Send one TASK of APP with ARGS_JSON: an object of keyword arguments
     or an array of positional ones."""
     the_app = load_app(app)
@@ -34,7 +45,9 @@ def send(app: str, task: str, args_json: str, key: str | None, delay: float | No
         matches = [name for name in the_app.tasks if name.rsplit(".", 1)[-1] == task]
         if len(matches) != 1:
             known = ", ".join(sorted(the_app.tasks)) or "none"
-            raise click.BadParameter(f"no task {task!r}; tasks: {known}", param_hint="TASK")
+            raise click.BadParameter(
+                f"no task {task!r}; tasks: {known}", param_hint="TASK"
+            )
         handler = the_app.tasks[matches[0]]
     try:
         arguments = json.loads(args_json)
@@ -65,7 +78,7 @@ def stats(app: str, topics: tuple[str, ...], as_json: bool) -> None:
         return
     rows: list[list[str]] = []
     for p in result.partitions:
-        groups = p.groups or [None]
+        groups: list[GroupStats | None] = list(p.groups) or [None]
         for g in groups:
             rows.append(
                 [
@@ -81,7 +94,17 @@ def stats(app: str, topics: tuple[str, ...], as_json: bool) -> None:
                 ]
                 + ([p.node or ""] if any(x.node for x in result.partitions) else [])
             )
-    headers = ["topic", "part", "length", "group", "lag", "pending", "oldest", "delayed", "dead"]
+    headers = [
+        "topic",
+        "part",
+        "length",
+        "group",
+        "lag",
+        "pending",
+        "oldest",
+        "delayed",
+        "dead",
+    ]
     if any(x.node for x in result.partitions):
         headers.append("node")
     click.echo(_table(rows, headers) if rows else "No topics yet.")
@@ -90,8 +113,15 @@ def stats(app: str, topics: tuple[str, ...], as_json: bool) -> None:
         click.echo(
             _table(
                 [
-                    [w.id, ", ".join(w.subscriptions), str(w.concurrency), _age(w.last_seen_s),
-                     str(w.acked), str(w.retried), str(w.dead)]
+                    [
+                        w.id,
+                        ", ".join(w.subscriptions),
+                        str(w.concurrency),
+                        _age(w.last_seen_s),
+                        str(w.acked),
+                        str(w.retried),
+                        str(w.dead),
+                    ]
                     for w in result.workers
                 ],
                 ["worker", "serves", "threads", "seen", "acked", "retried", "dead"],
@@ -124,8 +154,12 @@ _reason = click.Choice(deadletters.REASONS)
 @click.option("--topic")
 @click.option("--reason", type=_reason)
 @click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, with tracebacks.")
-def dlq_list(app: str, topic: str | None, reason: str | None, limit: int, as_json: bool) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON lines, with tracebacks."
+)
+def dlq_list(
+    app: str, topic: str | None, reason: str | None, limit: int, as_json: bool
+) -> None:
     """List dead letters: id, reason, task, key, attempts, error."""
     the_app = load_app(app)
     rows = []
@@ -138,12 +172,21 @@ def dlq_list(app: str, topic: str | None, reason: str | None, limit: int, as_jso
             info["traceback"] = letter.get("traceback")
             click.echo(json.dumps(info))
         else:
-            rows.append([info["id"], info["reason"], info["task"] or info["group"], info["key"],
-                         info["attempts"], info["error"][:60]])
+            rows.append(
+                [
+                    info["id"],
+                    info["reason"],
+                    info["task"] or info["group"],
+                    info["key"],
+                    info["attempts"],
+                    info["error"][:60],
+                ]
+            )
     if not as_json:
         click.echo(
             _table(rows, ["id", "reason", "task/group", "key", "attempts", "error"])
-            if rows else "No dead letters."
+            if rows
+            else "No dead letters."
         )
 
 
@@ -151,9 +194,25 @@ def dlq_list(app: str, topic: str | None, reason: str | None, limit: int, as_jso
 @click.argument("app")
 @click.option("--topic")
 @click.option("--reason", type=_reason)
-@click.option("--id", "ids", multiple=True, help="TOPIC:PARTITION:ENTRY_ID, as listed (repeatable).")
-@click.option("--all", "replay_all", is_flag=True, help="Every dead letter that matches --topic/--reason.")
-def dlq_replay(app: str, topic: str | None, reason: str | None, ids: tuple[str, ...], replay_all: bool) -> None:
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    help="TOPIC:PARTITION:ENTRY_ID, as listed (repeatable).",
+)
+@click.option(
+    "--all",
+    "replay_all",
+    is_flag=True,
+    help="Every dead letter that matches --topic/--reason.",
+)
+def dlq_replay(
+    app: str,
+    topic: str | None,
+    reason: str | None,
+    ids: tuple[str, ...],
+    replay_all: bool,
+) -> None:
     """Send dead letters again (attempts reset, same key) and remove them."""
     if bool(ids) == replay_all:
         raise click.UsageError("give --id (one or more) or --all")
@@ -181,8 +240,10 @@ def dlq_replay(app: str, topic: str | None, reason: str | None, ids: tuple[str, 
 def dlq_purge(app: str, topic: str | None, reason: str | None, yes: bool) -> None:
     """Delete dead letters for good."""
     the_app = load_app(app)
-    what = "every dead letter" + (f" of topic {topic!r}" if topic else "") + (
-        f" with reason {reason}" if reason else ""
+    what = (
+        "every dead letter"
+        + (f" of topic {topic!r}" if topic else "")
+        + (f" with reason {reason}" if reason else "")
     )
     if not yes:
         click.confirm(f"Delete {what}?", abort=True)

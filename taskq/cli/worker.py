@@ -11,22 +11,74 @@ from taskq.cli import LOG_LEVELS, load_app, setup_logging
 
 
 def _split(values: tuple[str, ...]) -> list[str] | None:
-    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    names = [
+        name.strip() for value in values for name in value.split(",") if name.strip()
+    ]
     return names or None
 
 
 @click.command()
 @click.argument("app")
-@click.option("--group", "groups", multiple=True, help="Serve only this consumer group (repeatable).")
-@click.option("--topics", "topics", multiple=True, help="Serve only these topics (comma-separated, repeatable).")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=defaults.CONCURRENCY, show_default=True, help="Handler threads per process.")
-@click.option("--prefetch", type=click.IntRange(min=0), default=None, help="Entries read ahead beyond those that can start at once [default: 0].")
-@click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes to run and supervise.")
-@click.option("--lease", type=click.FloatRange(min=0.1), default=defaults.LEASE_S, show_default=True, help="Seconds a silent worker keeps its entries before others take them (tasks may set their own).")
-@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=defaults.SHUTDOWN_TIMEOUT_S, show_default=True, help="Seconds to let running tasks finish after SIGTERM.")
-@click.option("--burst", is_flag=True, help="Exit once every partition read is drained.")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
-@click.option("--log-config", type=click.Path(exists=True, dir_okay=False), help="A JSON logging.config.dictConfig file (replaces --log-level).")
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    help="Serve only this consumer group (repeatable).",
+)
+@click.option(
+    "--topics",
+    "topics",
+    multiple=True,
+    help="Serve only these topics (comma-separated, repeatable).",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=defaults.CONCURRENCY,
+    show_default=True,
+    help="Handler threads per process.",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Entries read ahead beyond those that can start at once [default: 0].",
+)
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to run and supervise.",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0.1),
+    default=defaults.LEASE_S,
+    show_default=True,
+    help="Seconds a silent worker keeps its entries before others take them "
+    "(tasks may set their own).",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=defaults.SHUTDOWN_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to let running tasks finish after SIGTERM.",
+)
+@click.option(
+    "--burst", is_flag=True, help="Exit once every partition read is drained."
+)
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True
+)
+@click.option(
+    "--log-config",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A JSON logging.config.dictConfig file (replaces --log-level).",
+)
 def worker(
     app: str,
     groups: tuple[str, ...],

@@ -7,7 +7,10 @@ import os
 
 from taskq import TaskQ
 
-app = TaskQ(os.environ.get("TASKQ_URL"), namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq"))
+app = TaskQ(
+    os.environ.get("TASKQ_URL"),
+    namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq"),
+)
 app.topic("calls", partitions=2)
 
 

@@ -8,13 +8,18 @@ import time
 
 from taskq import Context, TaskQ
 
-app = TaskQ(os.environ.get("TASKQ_URL"), namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq"))
+app = TaskQ(
+    os.environ.get("TASKQ_URL"),
+    namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq"),
+)
 app.topic("jobs", partitions=int(os.environ.get("TASKQ_TEST_PARTITIONS", "4")))
 RUNS = f"{app.keys.namespace}:test:runs"
 STARTS = f"{app.keys.namespace}:test:starts"
 
 
-@app.task(topic="jobs", key="key", retries=int(os.environ.get("TASKQ_TEST_RETRIES", "3")))
+@app.task(
+    topic="jobs", key="key", retries=int(os.environ.get("TASKQ_TEST_RETRIES", "3"))
+)
 def record(key: str, n: int, sleep: float = 0.0, ctx: Context | None = None) -> None:
     """Count a run of task n; sleeps first when asked to."""
     if ctx is not None:

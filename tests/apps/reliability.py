@@ -15,14 +15,24 @@ import time
 import taskq
 from taskq import Context, TaskQ
 
-app = TaskQ(os.environ.get("TASKQ_URL"), namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq"))
+app = TaskQ(
+    os.environ.get("TASKQ_URL"),
+    namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq"),
+)
 app.topic("jobs", partitions=int(os.environ.get("TASKQ_TEST_PARTITIONS", "1")))
 app.topic("calls", partitions=2)
 EVENTS = f"{app.keys.namespace}:test:events"
 
 
 def note(event: str, task: str, n: object, ctx: Context) -> None:
-    record = {"event": event, "task": task, "n": n, "pid": os.getpid(), "attempt": ctx.attempt, "t": time.time()}
+    record = {
+        "event": event,
+        "task": task,
+        "n": n,
+        "pid": os.getpid(),
+        "attempt": ctx.attempt,
+        "t": time.time(),
+    }
     app.redis.rpush(EVENTS, json.dumps(record))
 
 
