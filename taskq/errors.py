@@ -71,13 +71,19 @@ class PayloadTooLarge(TaskqError):
 class QueueFull(TaskqError):
     """A partition has reached its topic's ``max_len``."""
 
-    def __init__(self, topic: str, partition: int, max_len: int) -> None:
+    def __init__(
+        self, topic: str, partition: int, max_len: int, sent: list[str] | None = None
+    ) -> None:
         self.topic = topic
         self.partition = partition
         self.max_len = max_len
+        #: Ids of the messages of a ``send_many`` batch written before the
+        #: partition was found full (the rest were not written).
+        self.sent = sent or []
         super().__init__(
             f"partition {partition} of topic {topic!r} holds {max_len} entries "
-            "(its max_len); the message was not written"
+            "not yet handled by every group (its max_len); the message was not "
+            "written"
         )
 
 

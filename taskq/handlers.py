@@ -156,9 +156,17 @@ class Task(Handler, Generic[P, R]):
         key: Any = None,
         delay: float | None = None,
         eta: datetime | None = None,
+        wait: float = 0.0,
     ) -> TaskCall[P, R]:
-        """Send with a key, or later: ``task.options(delay=30).send(...)``."""
-        return TaskCall(self, SendOptions.make(key=key, delay=delay, eta=eta))
+        """Send with other options: ``task.options(delay=30).send(...)``.
+
+        ``key`` overrides the message key; ``delay`` (seconds) or ``eta``
+        (an aware datetime) runs it later; ``wait`` (seconds) waits for room
+        when the topic's partition is full instead of raising QueueFull.
+        """
+        return TaskCall(
+            self, SendOptions.make(key=key, delay=delay, eta=eta, wait=wait)
+        )
 
     # -- consuming -----------------------------------------------------------
 
@@ -179,21 +187,30 @@ class Task(Handler, Generic[P, R]):
 
 
 class SendOptions:
-    """Per-send overrides: key, and delay or an absolute time."""
+    """Per-send overrides: key, delay or an absolute time, waiting for room."""
 
-    __slots__ = ("delay_s", "eta_ms", "key")
+    __slots__ = ("delay_s", "eta_ms", "key", "wait_s")
 
     def __init__(self) -> None:
         self.key: Any = None
         self.delay_s: float | None = None
         self.eta_ms: int | None = None
+        self.wait_s = 0.0
 
     @classmethod
     def make(
-        cls, *, key: Any, delay: float | None, eta: datetime | None
+        cls,
+        *,
+        key: Any = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        wait: float = 0.0,
     ) -> SendOptions:
         options = cls()
         options.key = key
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise ValueError(f"wait must be seconds >= 0, not {wait!r}")
+        options.wait_s = float(wait)
         if delay is not None and eta is not None:
             raise ValueError("pass delay or eta, not both")
         if delay is not None:

@@ -8,6 +8,7 @@ before anything reaches Redis.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,6 +39,14 @@ class Outgoing:
         self.pk = pk
         self.fields = fields
         self.options = options
+
+    @property
+    def delayed(self) -> bool:
+        return self.options is not None and self.options.delayed
+
+    @property
+    def wait_s(self) -> float:
+        return self.options.wait_s if self.options is not None else 0.0
 
 
 class Producer:
@@ -78,7 +87,7 @@ class Producer:
             fields[wire.KEY] = raw
             partition = partition_for(raw, partitions)
         pk = self.app.keys.partition(topic, partition)
-        return Outgoing(pk, fields, options if options and options.delayed else None)
+        return Outgoing(pk, fields, options)
 
     def _check_size(self, name: str, payload: bytes) -> None:
         limit = self.app.max_payload_bytes
@@ -129,7 +138,13 @@ class Producer:
         ids: list[str] = []
         with translate_errors(self.app.url):
             for start in range(0, len(batch), BATCH_SIZE):
-                ids.extend(self._write_batch(batch[start : start + BATCH_SIZE]))
+                try:
+                    ids.extend(
+                        self._write(batch[start : start + BATCH_SIZE], options.wait_s)
+                    )
+                except QueueFull as exc:
+                    exc.sent = ids + exc.sent
+                    raise
         return ids
 
     def publish(self, topic: str, event: Any, key: Any = None) -> str:
@@ -140,44 +155,62 @@ class Producer:
             return self._write_one(out)
 
     def _write_one(self, out: Outgoing) -> str:
-        client = self.app.redis
-        if out.options is not None:
-            return self._schedule(out, client)
-        max_len = self.app.max_len(out.pk.topic)
-        if max_len:
-            entry_id = self.app.scripts.append_capped(out.pk, max_len, out.fields)
-            if entry_id is None:
-                raise QueueFull(out.pk.topic, out.pk.partition, max_len)
-        else:
-            args: list[Any] = ["XADD", out.pk.stream, "*"]
-            for field, value in out.fields.items():
-                args.append(field)
-                args.append(value)
-            entry_id = cast(Any, client).execute_command(*args)
+        if out.delayed or self.app.max_len(out.pk.topic):
+            return self._write([out], out.wait_s)[0]
+        # The common case, kept to one plain XADD.
+        args: list[Any] = ["XADD", out.pk.stream, "*"]
+        for field, value in out.fields.items():
+            args.append(field)
+            args.append(value)
+        entry_id = cast(Any, self.app.redis).execute_command(*args)
         return wire.message_id(out.pk.topic, out.pk.partition, entry_id)
 
-    def _write_batch(self, batch: list[Outgoing]) -> list[str]:
+    def _write(self, batch: list[Outgoing], wait_s: float) -> list[str]:
+        """Write a batch; wait up to ``wait_s`` for room in full partitions."""
+        ids: list[str | None] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        deadline = time.monotonic() + wait_s
+        pause_s = 0.05
+        while True:
+            results = self._write_batch([batch[i] for i in todo])
+            for i, result in zip(todo, results, strict=True):
+                ids[i] = result
+            todo = [i for i in todo if ids[i] is None]
+            if not todo:
+                return [i for i in ids if i is not None]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                full = batch[todo[0]].pk
+                raise QueueFull(
+                    full.topic,
+                    full.partition,
+                    self.app.max_len(full.topic) or 0,
+                    sent=[i for i in ids if i is not None],
+                )
+            time.sleep(min(pause_s, remaining))
+            pause_s = min(pause_s * 2, 1.0)
+
+    def _write_batch(self, batch: list[Outgoing]) -> list[str | None]:
+        """One pipeline; None for each message its full partition refused."""
         pipe = self.app.redis.pipeline(transaction=False)
-        tags: list[str | None] = []
+        refs: list[str | None] = []
         for out in batch:
-            if out.options is not None:
-                tags.append(self._schedule(out, pipe))
+            if out.delayed:
+                refs.append(self._schedule(out, pipe))
                 continue
-            tags.append(None)
+            refs.append(None)
             max_len = self.app.max_len(out.pk.topic)
             if max_len:
                 self.app.scripts.append_capped(out.pk, max_len, out.fields, client=pipe)
             else:
                 pipe.xadd(out.pk.stream, out.fields)  # type: ignore[arg-type]
         results = self.app.scripts.execute(pipe)
-        ids: list[str] = []
-        for out, tag, result in zip(batch, tags, results, strict=True):
-            if tag is not None:
-                ids.append(tag)
+        ids: list[str | None] = []
+        for out, ref, result in zip(batch, refs, results, strict=True):
+            if ref is not None:
+                ids.append(ref)
             elif result is None:
-                raise QueueFull(
-                    out.pk.topic, out.pk.partition, self.app.max_len(out.pk.topic) or 0
-                )
+                ids.append(None)
             else:
                 ids.append(wire.message_id(out.pk.topic, out.pk.partition, result))
         return ids

@@ -1,14 +1,20 @@
--- Appends a message to a partition unless the partition is full.
+-- Appends a message to a partition unless the partition is full: it holds
+-- max_len entries that some consumer group still needs. Entries every
+-- group is done with are trimmed first, so only the real backlog counts.
 --
 -- KEYS[1]  partition stream
--- ARGV[1]  max_len: most entries the partition may hold
+-- ARGV[1]  max_len
 -- ARGV[2..] field, value, field, value, ...
 --
--- Returns the new entry id, or false when the partition holds max_len
--- entries already (the producer raises QueueFull; nothing is dropped).
+-- Returns the new entry id, or false when the partition is full (the
+-- producer raises QueueFull or waits; nothing is dropped).
 
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
-  return false
+local max_len = tonumber(ARGV[1])
+if redis.call('XLEN', KEYS[1]) >= max_len then
+  trim_acknowledged(KEYS[1])
+  if redis.call('XLEN', KEYS[1]) >= max_len then
+    return false
+  end
 end
 local fields = {}
 for i = 2, #ARGV do

@@ -30,3 +30,40 @@ local function held_by_other(stream, group, id, consumer)
   local pending = redis.call('XPENDING', stream, group, id, id, 1)
   return pending[1] ~= nil and pending[1][2] ~= consumer
 end
+
+-- Removes the entries of a stream that every consumer group is done with:
+-- delivered to it and acknowledged. Nothing a group still needs (not yet
+-- delivered, or pending) is removed; a stream no group reads is left alone.
+-- Returns the number removed.
+local function trim_acknowledged(stream)
+  if redis.call('EXISTS', stream) == 0 then
+    return 0
+  end
+  local groups = redis.call('XINFO', 'GROUPS', stream)
+  if #groups == 0 then
+    return 0
+  end
+  local keep_ms, keep_seq
+  for _, flat in ipairs(groups) do
+    local group = {}
+    for i = 1, #flat, 2 do
+      group[flat[i]] = flat[i + 1]
+    end
+    local id
+    local bump = 0
+    if tonumber(group['pending']) > 0 then
+      id = redis.call('XPENDING', stream, group['name'])[2]
+    else
+      id = group['last-delivered-id']
+      bump = 1
+    end
+    local dash = string.find(id, '-', 1, true)
+    local ms = tonumber(string.sub(id, 1, dash - 1))
+    local seq = tonumber(string.sub(id, dash + 1)) + bump
+    if keep_ms == nil or ms < keep_ms or (ms == keep_ms and seq < keep_seq) then
+      keep_ms, keep_seq = ms, seq
+    end
+  end
+  return redis.call('XTRIM', stream, 'MINID',
+    string.format('%.0f-%.0f', keep_ms, keep_seq))
+end
