@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 from typing import Any
 
 from taskq import message as wire
@@ -38,7 +39,12 @@ class Subscription:
         #: Partitions not read until the given monotonic time (their key is
         #: broken); the others go on.
         self.skipped: dict[PartitionKeys, float] = {}
+        #: The partitions this worker reads: all of them, or for an ordered
+        #: subscription only those it owns.
+        self.reading: set[PartitionKeys] = set()
         self._read_args: list[Any] | None = None
+        #: Set when the partitions to read change (ownership moved).
+        self.changed = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Subscription {self.topic}/{self.group}>"
@@ -50,6 +56,15 @@ class Subscription:
     def set_partitions(self, partitions: list[PartitionKeys]) -> None:
         self.partitions = partitions
         self.by_stream = {pk.stream.encode(): pk for pk in partitions}
+        self.reading = set() if self.ordered else set(partitions)
+        self._read_args = None
+
+    def start_reading(self, pk: PartitionKeys) -> None:
+        self.reading.add(pk)
+        self._read_args = None
+
+    def stop_reading(self, pk: PartitionKeys) -> None:
+        self.reading.discard(pk)
         self._read_args = None
 
     def skip(self, pk: PartitionKeys, until: float) -> None:
@@ -62,7 +77,11 @@ class Subscription:
             self.skipped = {pk: t for pk, t in self.skipped.items() if t > now}
             self._read_args = None
         if self._read_args is None:
-            streams = [pk.stream for pk in self.partitions if pk not in self.skipped]
+            streams = [
+                pk.stream
+                for pk in self.partitions
+                if pk in self.reading and pk not in self.skipped
+            ]
             self._read_args = ["STREAMS", *streams, *([">"] * len(streams))]
         return self._read_args
 
@@ -95,10 +114,24 @@ class Rejection:
         self.text = text
 
 
+#: Delivery states: not started (queued, waiting for its key or for a
+#: retry), running, finished (its outcome waits to be settled).
+WAITING, RUNNING, FINISHED = 0, 1, 2
+
+
 class Delivery:
     """An entry a worker holds: read, reclaimed, running or finished."""
 
-    __slots__ = ("deliveries", "fields", "id", "lost", "pk", "previous_ms", "sub")
+    __slots__ = (
+        "deliveries",
+        "fields",
+        "id",
+        "lost",
+        "pk",
+        "previous_ms",
+        "state",
+        "sub",
+    )
 
     def __init__(
         self,
@@ -119,6 +152,7 @@ class Delivery:
         #: For an entry taken over from a dead worker: when that worker got
         #: it (ms since the epoch), the likely start of its last attempt.
         self.previous_ms: int | None = None
+        self.state = WAITING
 
     @property
     def attempt(self) -> int:
@@ -137,6 +171,9 @@ class Settle(enum.Enum):
     RETRY = "retry"
     #: Write a dead letter and acknowledge.
     DEAD = "dead"
+    #: Keep the entry where it is and run it again later (ordered handlers:
+    #: the messages of its key wait behind it).
+    RETRY_IN_PLACE = "retry_in_place"
 
 
 class Outcome:

@@ -17,6 +17,7 @@ partitions go on.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -83,6 +84,9 @@ class Keeper:
         #: heartbeat): due times in the delayed sets are the server's.
         self._clock_offset_ms = 0.0
         self._beats = 0
+        #: Ordered deliveries waiting out a retry delay: (due, seq, delivery).
+        self._reruns: list[tuple[float, int, Delivery]] = []
+        self._rerun_seq = 0
         now = time.monotonic()
         self._next_run: dict[str, float] = {
             "delayed": now,
@@ -91,6 +95,7 @@ class Keeper:
             "heartbeat": now,
             "maintain": now + 10.0,
             "watchdog": now,
+            "own": now,
         }
 
     # -- setup -----------------------------------------------------------------------
@@ -105,10 +110,16 @@ class Keeper:
             key=lambda pk: (pk.topic, pk.partition),
         )
         self._load_scripts()
+        for sub in self.subs:
+            self.ensure_groups(self.client, sub)
         leases = [sub.lease_s for sub in self.subs] or [self.worker.lease_s]
         self.renew_every_s = min(leases) / 3
         self.reclaim_every_s = min(RECLAIM_MAX_S, max(RECLAIM_MIN_S, min(leases) / 3))
         self.watch_time_limits = any(sub.has_timeouts for sub in self.subs)
+        self.own_every_s = min(leases) / 4
+        # Take partitions before the readers start, so a lone worker (or a
+        # burst run) reads at once.
+        self._own()
 
     def _load_scripts(self) -> None:
         while True:
@@ -133,7 +144,7 @@ class Keeper:
                 results = pipe.execute(raise_on_error=False)
                 break
             except CONNECTION_ERRORS as exc:
-                if self.worker._stopping.is_set():
+                if self.worker.stopping.is_set():
                     return []
                 time.sleep(self.worker.outage.failed(exc))
         created = []
@@ -165,6 +176,8 @@ class Keeper:
         }
         if self.watch_time_limits:
             jobs["watchdog"] = (self._watchdog, WATCHDOG_S)
+        if self.worker.ownerships:
+            jobs["own"] = (self._own, self.own_every_s)
         while not self._stop.is_set():
             now = time.monotonic()
             for name, (job, every) in jobs.items():
@@ -172,8 +185,11 @@ class Keeper:
                     self._next_run[name] = now + every
                     self._run_job(name, job)
             self._move_timed()
+            self._run_due()
             wake_at = min(
-                [self._next_run[name] for name in jobs] + list(self._timers.values())
+                [self._next_run[name] for name in jobs]
+                + list(self._timers.values())
+                + [due for due, _, _ in self._reruns[:1]]
             )
             self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
@@ -203,6 +219,17 @@ class Keeper:
         for thread in self.worker._threads:
             if thread.name == "taskq-keeper":
                 thread.join(2.0)
+        for ownership in self.worker.ownerships.values():
+            try:
+                ownership.leave(self.client, self.scripts, force=True)
+            except (redis.RedisError, OSError) as exc:
+                log.warning(
+                    "Could not hand over the partitions of %s/%s (%s); they pass "
+                    "to another member when their lease runs out.",
+                    ownership.sub.topic,
+                    ownership.sub.group,
+                    exc,
+                )
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.zrem(self.app.keys.workers, self.worker.id)
@@ -252,6 +279,8 @@ class Keeper:
 
     def _reclaim(self) -> None:
         for sub in self.subs:
+            if sub.ordered:
+                continue  # an owner takes over a partition's entries itself
             # Entries a dead worker held are older than anything new, so a
             # busy worker still takes one per partition: it runs next, ahead
             # of new reads (which wait for room), instead of waiting until
@@ -472,6 +501,31 @@ class Keeper:
                 elif next_ms >= 0:
                     at = now + next_ms / 1000
                     self._timers[pk] = min(at, self._timers.get(pk, at))
+
+    # -- ordered handlers -----------------------------------------------------------
+
+    def _own(self) -> None:
+        for ownership in self.worker.ownerships.values():
+            ownership.step(self.client, self.scripts)
+
+    def run_later(self, delivery: Delivery, delay_ms: int) -> None:
+        """Run an ordered delivery again after ``delay_ms`` (its retry)."""
+        with self._lock:
+            self._rerun_seq += 1
+            heapq.heappush(
+                self._reruns,
+                (time.monotonic() + delay_ms / 1000, self._rerun_seq, delivery),
+            )
+        self._wake.set()
+
+    def _run_due(self) -> None:
+        now = time.monotonic()
+        due: list[Delivery] = []
+        with self._lock:
+            while self._reruns and self._reruns[0][0] <= now:
+                due.append(heapq.heappop(self._reruns)[2])
+        for delivery in due:
+            self.worker.rerun(delivery)
 
     # -- the rest ---------------------------------------------------------------
 

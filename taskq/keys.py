@@ -81,6 +81,12 @@ class Keys:
         """JSON describing a live worker; expires unless renewed."""
         return f"{self.namespace}:worker:{worker_id}"
 
+    def members(self, topic: str, group: str) -> str:
+        """Sorted set: the live members of a group that owns partitions of
+        ``topic`` (ordered handlers) -> time of their last heartbeat, in ms.
+        Expires three leases after the last heartbeat."""
+        return f"{self.namespace}:members:{topic}:{group}"
+
     def partition(self, topic: str, partition: int) -> PartitionKeys:
         return _partition_keys(self.namespace, topic, partition)
 

@@ -178,6 +178,11 @@ class Runner:
             error,
             delay_s,
         )
+        if handler.ordered:
+            # Tried again where it is: later messages of its key wait.
+            return Outcome(
+                Settle.RETRY_IN_PLACE, delivery, delay_ms=int(delay_s * 1000)
+            )
         fields = dict(delivery.fields)
         fields[wire.ATTEMPT] = str(attempt + 1).encode()
         fields[wire.GROUP] = delivery.sub.group_bytes

@@ -97,7 +97,15 @@ class Scripts:
         self._append_capped = load("append_capped")
         self._trim = load("trim")
         self._forget_consumers = load("forget_consumers")
+        self._own = load("own")
+        self._disown = load("disown")
+        self._ack_fenced = load("ack_fenced")
+        self._retry_in_place = load("retry_in_place")
         self._all = [
+            self._own,
+            self._disown,
+            self._ack_fenced,
+            self._retry_in_place,
             self._retry,
             self._dead_letter,
             self._schedule,
@@ -176,13 +184,19 @@ class Scripts:
         record: dict[bytes, bytes],
         max_len: int,
         client: Client = None,
+        owner: str | None = None,
     ) -> bytes | None:
-        """Write a dead-letter record and acknowledge; None if lost."""
-        args: list[Any] = [group, entry_id, consumer, max_len]
+        """Write a dead-letter record and acknowledge; None if lost.
+
+        ``owner`` is the caller's lease ("member|token") of an owned
+        partition; the step is then fenced by it.
+        """
+        args: list[Any] = [group, entry_id, consumer, max_len, owner or ""]
         for field, value in record.items():
             args.append(field)
             args.append(value)
-        result = self._call(self._dead_letter, [pk.stream, pk.dead], args, client)
+        keys = [pk.stream, pk.dead] + ([pk.owner(group)] if owner else [])
+        result = self._call(self._dead_letter, keys, args, client)
         return result or None
 
     def schedule(
@@ -278,3 +292,70 @@ class Scripts:
             args.append(field)
             args.append(value)
         return self._call(self._append_capped, [pk.stream], args, client)
+
+    # -- owned partitions (ordered subscriptions) -------------------------------
+
+    def own(
+        self,
+        pk: PartitionKeys,
+        group: str,
+        member: str,
+        lease_ms: int,
+        token: int = 0,
+        client: Client = None,
+    ) -> Any:
+        """Take a free partition (token 0) or renew its lease; the token or None."""
+        return self._call(
+            self._own,
+            [pk.owner(group), pk.fence(group)],
+            [member, int(lease_ms), token],
+            client,
+        )
+
+    def disown(
+        self,
+        pk: PartitionKeys,
+        group: str,
+        consumer: str,
+        owner: str,
+        counts: Sequence[tuple[bytes, int]],
+        client: Client = None,
+    ) -> Any:
+        """Give up a partition, first setting the delivery counts of what
+        the owner still holds; 1, or 0 when the lease was not the caller's."""
+        args: list[Any] = [group, consumer, owner]
+        for entry_id, count in counts:
+            args.append(entry_id)
+            args.append(count)
+        return self._call(self._disown, [pk.stream, pk.owner(group)], args, client)
+
+    def ack_fenced(
+        self,
+        pk: PartitionKeys,
+        group: str,
+        owner: str,
+        ids: Sequence[bytes],
+        client: Client = None,
+    ) -> Any:
+        """XACK if the lease is the caller's: the count acked, or -1."""
+        return self._call(
+            self._ack_fenced, [pk.stream, pk.owner(group)], [group, owner, *ids], client
+        )
+
+    def retry_in_place(
+        self,
+        pk: PartitionKeys,
+        group: str,
+        consumer: str,
+        owner: str,
+        entry_id: bytes,
+        next_attempt: int,
+        client: Client = None,
+    ) -> Any:
+        """Count the next attempt of an entry kept where it is: 1, or -1."""
+        return self._call(
+            self._retry_in_place,
+            [pk.stream, pk.owner(group)],
+            [group, consumer, owner, entry_id, next_attempt],
+            client,
+        )

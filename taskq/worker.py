@@ -3,15 +3,18 @@
 Threads of one worker process and what each owns:
 
 * one **reader** per (topic, group): XREADGROUP over the partitions it
-  reads, only while the worker holds fewer entries than it may;
+  reads, only while the worker has room for more;
 * ``concurrency`` **handler threads**: run one delivery at a time;
-* the **settler**: acknowledges, retries and dead-letters finished
-  deliveries in pipelined batches;
-* the **keeper** (``keeper.py``): renews leases, reclaims what dead workers
-  held, moves due delayed messages, heartbeats and trims.
+* the **settler** (``settler.py``): acknowledges, retries and dead-letters
+  finished deliveries in pipelined batches;
+* the **keeper** (``keeper.py``): renews leases, takes over what dead
+  workers held, moves due delayed messages, owns partitions for ordered
+  handlers (``ownership.py``), heartbeats and trims.
 
 An entry is acknowledged only after its handler returned. Until then it
-is *held*: counted against the worker's capacity and renewed by the keeper.
+is *held*: renewed by the keeper, and counted against the worker's room
+while its handler has not finished. Deliveries of ordered handlers go
+through the sequencer (``sequencer.py``): one at a time per key.
 """
 
 from __future__ import annotations
@@ -33,16 +36,24 @@ import redis
 from taskq import defaults
 from taskq import message as wire
 from taskq.connection import CONNECTION_ERRORS, Outage, is_memory
-from taskq.delivery import Delivery, Outcome, Settle, Subscription
+from taskq.delivery import FINISHED, RUNNING, WAITING, Delivery, Subscription
+from taskq.handlers import Handler
 from taskq.keeper import Keeper
 from taskq.keys import PartitionKeys
+from taskq.ownership import Ownership
 from taskq.runner import Runner
-from taskq.scripts import Scripts, chunks, pack_message
+from taskq.scripts import chunks, pack_message
+from taskq.sequencer import Sequencer
+from taskq.settler import Settler
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
 
 log = logging.getLogger("taskq.worker")
+
+#: Most deliveries of ordered handlers a worker keeps waiting for their key
+#: (or for a retry) before it stops reading more.
+PARK_LIMIT = 1000
 
 
 def make_worker_id() -> str:
@@ -55,8 +66,8 @@ class Worker:
 
     ``groups`` and ``topics`` narrow what this worker serves (default: every
     task and consumer of the app). ``prefetch`` is how many entries it may
-    hold beyond those running. ``burst`` makes it exit once everything it
-    reads is drained.
+    read ahead beyond those that can start at once. ``burst`` makes it exit
+    once everything it reads is drained.
     """
 
     def __init__(
@@ -81,7 +92,8 @@ class Worker:
         self.concurrency = concurrency
         # Entries read beyond those that can start at once wait in this
         # process; if it dies, their delivery counts grow although they never
-        # ran, so prefetching is opt-in (see "What happens when things fail").
+        # ran, so reading ahead is opt-in (README: "What happens when things
+        # fail").
         self.prefetch = 0 if prefetch is None else max(0, prefetch)
         self.capacity = concurrency + self.prefetch
         self.lease_s = lease
@@ -96,30 +108,35 @@ class Worker:
         self.subscriptions = self._subscriptions(groups, topics)
         self.runner = Runner(self.id)
         self.outage = Outage(app.url, log)
+        self.sequencer = Sequencer()
+        self.ownerships: dict[Subscription, Ownership] = {
+            sub: Ownership(self, sub) for sub in self.subscriptions if sub.ordered
+        }
 
         self._queue: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
-        self._done: collections.deque[Outcome] = collections.deque()
-        self._done_event = threading.Event()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         #: (group, partition) -> entry id -> delivery, for every entry held:
-        #: read or reclaimed, and not yet settled. The keeper renews them.
+        #: read or taken over, and not yet settled. The keeper renews them.
         self.held: dict[tuple[str, PartitionKeys], dict[bytes, Delivery]] = {}
-        #: Held entries whose handler has not finished (queued or running);
-        #: the worker reads more only while this is below its capacity.
+        #: Held deliveries that are queued or running: the worker reads more
+        #: only while this is below its capacity.
         self._unfinished = 0
+        #: Held deliveries of ordered handlers waiting for their key or for
+        #: a retry; they do not take handler threads, so they are counted
+        #: apart (up to PARK_LIMIT).
+        self._parked = 0
         self._reader_waiting = False
         #: handler thread id -> the delivery it is running.
         self._running: dict[int, Delivery] = {}
-        self._unstarted: list[Delivery] = []
         self._idle_readers: set[Subscription] = set()
         self._reader_ids: dict[Subscription, int] = {}
 
-        self._stopping = threading.Event()  # stop reading
+        self.stopping = threading.Event()  # stop reading
         self._draining = False  # handler threads start nothing new
-        self._hard_stop = threading.Event()  # stop waiting for anything
-        self._settled_all = threading.Event()
+        self.hard_stop = threading.Event()  # stop waiting for anything
         self._threads: list[threading.Thread] = []
+        self.settler = Settler(self)
         self.keeper = Keeper(self)
         self.started = threading.Event()
         self.stats = collections.Counter[str]()
@@ -150,11 +167,11 @@ class Worker:
             self._install_signal_handlers()
         self.start()
         try:
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 if self.burst and self._drained():
                     log.info("Burst done: every partition read is drained.")
                     break
-                self._stopping.wait(0.05 if self.burst else 1.0)
+                self.stopping.wait(0.05 if self.burst else 1.0)
         finally:
             self._shutdown()
         return 0
@@ -173,12 +190,16 @@ class Worker:
             self._spawn(f"taskq-reader-{sub.topic}-{sub.group}", self._read_loop, sub)
         for n in range(self.concurrency):
             self._spawn(f"taskq-handler-{n}", self._work_loop)
-        self._spawn("taskq-settler", self._settle_loop)
+        self._spawn("taskq-settler", self.settler.loop)
         self._spawn("taskq-keeper", self.keeper.loop)
         log.info(
             "Worker %s started: %s; concurrency %d, lease %g s.",
             self.id,
-            ", ".join(f"{s.topic}/{s.group}" for s in self.subscriptions) or "nothing",
+            ", ".join(
+                f"{s.topic}/{s.group}{' (ordered)' if s.ordered else ''}"
+                for s in self.subscriptions
+            )
+            or "nothing",
             self.concurrency,
             self.lease_s,
         )
@@ -191,14 +212,14 @@ class Worker:
         timeout) and hands unstarted entries back; a second call, or
         ``graceful=False``, stops waiting.
         """
-        if self._stopping.is_set() or not graceful:
-            self._hard_stop.set()
-        self._stopping.set()
+        if self.stopping.is_set() or not graceful:
+            self.hard_stop.set()
+        self.stopping.set()
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
-            if self._stopping.is_set():
+            if self.stopping.is_set():
                 log.warning("%s again: stopping now, without waiting.", name)
             else:
                 log.info("%s: stopping after the running tasks finish.", name)
@@ -217,6 +238,7 @@ class Worker:
             return (
                 len(self._idle_readers) == len(self.subscriptions)
                 and self._unfinished == 0
+                and self._parked == 0
                 and not any(self.held.values())
                 and not self.keeper.delayed_due()
             )
@@ -229,15 +251,19 @@ class Worker:
         )
         client.set_response_callback("XREADGROUP", lambda response, **options: response)
         block: list[Any] = [] if self.burst else ["BLOCK", self.block_ms]
-        self.keeper.ensure_groups(client, sub)
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             free = self._wait_for_room()
             if free <= 0:
                 continue
             tail = sub.read_args(time.monotonic())
             streams = (len(tail) - 1) // 2
             if not streams:
-                time.sleep(1.0)
+                # Nothing to read now (an ordered subscription that owns no
+                # partition yet, or broken keys): look again shortly.
+                with self._lock:
+                    self._idle_readers.add(sub)
+                sub.changed.wait(0.5)
+                sub.changed.clear()
                 continue
             count = min(self.read_batch, -(-free // streams))
             try:
@@ -253,13 +279,13 @@ class Worker:
                     *tail,
                 )
             except CONNECTION_ERRORS as exc:
-                if self._stopping.is_set():
+                if self.stopping.is_set():
                     break
                 self._reader_ids.pop(sub, None)
                 time.sleep(self.outage.failed(exc))
                 continue
             except redis.ResponseError as exc:
-                if self._stopping.is_set():
+                if self.stopping.is_set():
                     break
                 self.keeper.read_failed(client, sub, exc)
                 continue
@@ -299,43 +325,18 @@ class Worker:
                 )
         self.hold(batch)
 
-    def hold(self, batch: list[Delivery]) -> None:
-        """Count deliveries as held and hand them to the handler threads."""
-        if not batch:
-            return
-        with self._lock:
-            self._idle_readers.discard(batch[0].sub)
-            for delivery in batch:
-                self.held.setdefault((delivery.sub.group, delivery.pk), {})[
-                    delivery.id
-                ] = delivery
-            self._unfinished += len(batch)
-        put = self._queue.put
-        for delivery in batch:
-            put(delivery)
+    def reading_changed(self, sub: Subscription) -> None:
+        """The partitions ``sub`` reads changed: let its reader see it now."""
+        sub.changed.set()
+        self.unblock_readers([sub])
 
-    def free_room(self) -> int:
-        with self._lock:
-            return self.capacity - self._unfinished
-
-    def _wait_for_room(self) -> int:
-        with self._room:
-            while self._unfinished >= self.capacity and not self._stopping.is_set():
-                self._reader_waiting = True
-                self._room.wait(0.5)
-            self._reader_waiting = False
-            return self.capacity - self._unfinished
-
-    def _finished(self) -> None:
-        """A handler finished (or a delivery was dropped): make room."""
-        with self._lock:
-            self._unfinished -= 1
-            if self._reader_waiting:
-                self._room.notify_all()
-
-    def unblock_readers(self) -> None:
+    def unblock_readers(self, subs: Iterable[Subscription] | None = None) -> None:
         """End blocking reads now (they return empty)."""
-        ids = list(self._reader_ids.values())
+        ids = [
+            client_id
+            for sub, client_id in list(self._reader_ids.items())
+            if subs is None or sub in subs
+        ]
         if not ids:
             return
         try:
@@ -345,155 +346,56 @@ class Worker:
         except (redis.RedisError, OSError):
             pass  # the reads end by themselves within block_ms
 
-    # -- handling ------------------------------------------------------------------
+    # -- holding -------------------------------------------------------------------
 
-    def _work_loop(self) -> None:
-        ident = threading.get_ident()
-        get = self._queue.get
-        run = self.runner.run
-        done = self._done
-        done_event = self._done_event
-        running = self._running
-        while True:
-            delivery = get()
-            if delivery is None:
-                self.runner.close_thread()
-                return
-            if delivery.lost:  # taken over while it waited here
-                self._finished()
-                continue
-            if self._draining:
-                with self._lock:
-                    self._unstarted.append(delivery)
-                    self._unfinished -= 1
-                continue
-            running[ident] = delivery
-            try:
-                outcome = run(delivery)
-            finally:
-                del running[ident]
-                self._finished()
-            done.append(outcome)
-            if not done_event.is_set():
-                done_event.set()
-
-    # -- settling ------------------------------------------------------------------
-
-    def _settle_loop(self) -> None:
-        client = self.app.new_client(f"taskq-settler:{self.id}")
-        scripts = Scripts(client)
-        while True:
-            self._done_event.wait(0.5)
-            self._done_event.clear()
-            batch: list[Outcome] = []
-            while self._done:
-                batch.append(self._done.popleft())
-            if batch:
-                self._settle(client, scripts, batch)
-            elif self._settled_all.is_set():
-                break
-        client.close()
-
-    def _settle(
-        self, client: redis.Redis, scripts: Scripts, batch: list[Outcome]
-    ) -> None:
-        while True:
-            try:
-                self._settle_once(client, scripts, batch)
-                self.outage.recovered()
-                break
-            except CONNECTION_ERRORS as exc:
-                # Keep what is held until Redis is back: the entries stay
-                # pending (and leased), nothing is acknowledged blindly.
-                if self._hard_stop.is_set():
-                    log.warning(
-                        "Redis is unreachable; leaving %d finished entries "
-                        "unacknowledged for redelivery.",
-                        len(batch),
-                    )
-                    break
-                time.sleep(self.outage.failed(exc))
-        self.release(o.delivery for o in batch)
-
-    def _settle_once(
-        self, client: redis.Redis, scripts: Scripts, batch: list[Outcome]
-    ) -> None:
-        pipe = client.pipeline(transaction=False)
-        acks: dict[tuple[str, str], list[bytes]] = {}
-        calls: list[Outcome] = []
-        for outcome in batch:
-            delivery = outcome.delivery
-            if delivery.lost:
-                continue
-            if outcome.kind is Settle.ACK:
-                acks.setdefault((delivery.pk.stream, delivery.sub.group), []).append(
-                    delivery.id
-                )
-            elif outcome.kind is Settle.RETRY:
-                scripts.retry(
-                    delivery.pk,
-                    delivery.sub.group,
-                    delivery.id,
-                    self.id,
-                    outcome.delay_ms,
-                    outcome.packed,
-                    client=pipe,
-                )
-                calls.append(outcome)
-            else:
-                assert outcome.record is not None
-                scripts.dead_letter(
-                    delivery.pk,
-                    delivery.sub.group,
-                    delivery.id,
-                    self.id,
-                    outcome.record,
-                    self.app.dead_letter_max_len,
-                    client=pipe,
-                )
-                calls.append(outcome)
-        ack_keys = list(acks)
-        for stream, group in ack_keys:
-            cast(Any, pipe).execute_command(
-                "XACK", stream, group, *acks[(stream, group)]
-            )
-        if not calls and not ack_keys:
+    def hold(self, batch: list[Delivery]) -> None:
+        """Hold deliveries and hand them to the handler threads (or, for
+        ordered handlers, to the sequencer)."""
+        if not batch:
             return
-        results = scripts.execute(pipe, raise_on_error=False)
-        for outcome, result in zip(calls, results, strict=False):
-            self._after_call(outcome, result)
-        for (stream, group), result in zip(
-            ack_keys, results[len(calls) :], strict=True
-        ):
-            ids = acks[(stream, group)]
-            if isinstance(result, CONNECTION_ERRORS):
-                raise result
-            if isinstance(result, Exception) or result < len(ids):
-                self.keeper.ack_missed(stream, group, len(ids), result)
-            self.stats["acked"] += len(ids)
+        runnable: list[Delivery] = []
+        with self._lock:
+            self._idle_readers.discard(batch[0].sub)
+            for delivery in batch:
+                self.held.setdefault((delivery.sub.group, delivery.pk), {})[
+                    delivery.id
+                ] = delivery
+                if not self._sequenced(delivery) or self.sequencer.admit(delivery):
+                    runnable.append(delivery)
+                else:
+                    self._parked += 1
+            self._unfinished += len(runnable)
+        put = self._queue.put
+        for delivery in runnable:
+            put(delivery)
 
-    def _after_call(self, outcome: Outcome, result: Any) -> None:
-        delivery = outcome.delivery
-        if isinstance(result, CONNECTION_ERRORS):
-            raise result
-        if isinstance(result, Exception):
-            log.warning(
-                "Could not %s %s: %s",
-                "retry" if outcome.kind is Settle.RETRY else "dead-letter",
-                delivery.describe(),
-                result,
-            )
-        elif result is None:
-            log.warning(
-                "%s was taken over by another worker while this one held it; "
-                "leaving it to that worker.",
-                delivery.describe(),
-            )
-        elif outcome.kind is Settle.RETRY:
-            self.stats["retried"] += 1
-            self.keeper.wake_delayed(delivery.pk, outcome.delay_ms)
-        else:
-            self.stats["dead"] += 1
+    @staticmethod
+    def _sequenced(delivery: Delivery) -> bool:
+        if not delivery.sub.ordered:
+            return False
+        handler = delivery.sub.handler_for(delivery.fields)
+        return isinstance(handler, Handler) and handler.ordered
+
+    def free_room(self) -> int:
+        with self._lock:
+            return self.capacity - self._unfinished
+
+    def _wait_for_room(self) -> int:
+        with self._room:
+            while (
+                self._unfinished >= self.capacity or self._parked >= PARK_LIMIT
+            ) and not self.stopping.is_set():
+                self._reader_waiting = True
+                self._room.wait(0.5)
+            self._reader_waiting = False
+            return self.capacity - self._unfinished
+
+    def _finished(self) -> None:
+        """A handler finished (or a queued delivery was dropped)."""
+        with self._lock:
+            self._unfinished -= 1
+            if self._reader_waiting:
+                self._room.notify_all()
 
     def release(self, deliveries: Iterable[Delivery]) -> None:
         """Stop holding deliveries (settled, handed back or lost)."""
@@ -503,50 +405,183 @@ class Worker:
                 if entries is not None:
                     entries.pop(delivery.id, None)
 
+    def settled(self, deliveries: list[Delivery]) -> None:
+        """Their outcome is in Redis: stop holding them, and let the next
+        delivery of each ordered key run."""
+        runnable: list[Delivery] = []
+        with self._lock:
+            for delivery in deliveries:
+                entries = self.held.get((delivery.sub.group, delivery.pk))
+                if entries is not None:
+                    entries.pop(delivery.id, None)
+                if delivery.sub.ordered and not delivery.lost:
+                    following = self.sequencer.done(delivery)
+                    if following is not None:
+                        self._parked -= 1
+                        if not following.lost:
+                            runnable.append(following)
+            self._unfinished += len(runnable)
+            if self._reader_waiting:
+                self._room.notify_all()
+        for delivery in runnable:
+            self._queue.put(delivery)
+
+    def retry_later(self, delivery: Delivery, delay_ms: int) -> None:
+        """An ordered delivery failed and stays put: run it again later."""
+        with self._lock:
+            delivery.deliveries += 1  # as retry_in_place.lua counted it
+            delivery.state = WAITING
+            self._parked += 1
+        self.keeper.run_later(delivery, delay_ms)
+
+    def rerun(self, delivery: Delivery) -> None:
+        """The retry delay of an ordered delivery is over."""
+        with self._lock:
+            self._parked -= 1
+            if delivery.lost:
+                return
+            self._unfinished += 1
+        self._queue.put(delivery)
+
+    # -- owned partitions ----------------------------------------------------------
+
+    def owner_value(self, delivery: Delivery) -> str | None:
+        """The worker's lease ("member|token") of the delivery's partition,
+        for ordered subscriptions; None otherwise or when not owned."""
+        ownership = self.ownerships.get(delivery.sub)
+        return None if ownership is None else ownership.owner_value(delivery.pk)
+
+    def fence_failed(self, delivery: Delivery) -> None:
+        ownership = self.ownerships.get(delivery.sub)
+        if ownership is not None:
+            ownership.lost(delivery.pk, "another member holds its lease")
+
+    def running_in(self, group: str, pk: PartitionKeys) -> bool:
+        with self._lock:
+            entries = self.held.get((group, pk), {})
+            return any(d.state == RUNNING for d in entries.values())
+
+    def hand_over(
+        self, sub: Subscription, pk: PartitionKeys, *, force: bool
+    ) -> list[tuple[bytes, int]] | None:
+        """Stop working on a partition about to be given up.
+
+        Returns ``(entry id, delivery count)`` for every entry still held,
+        counted so the next owner charges an attempt only to those that ran
+        (or, with ``force``, were cut short); or None while some of its
+        handlers still run or wait to be settled (nothing changes then but
+        that no waiting delivery of it starts any more).
+        """
+        with self._lock:
+            entries = self.held.get((sub.group, pk), {})
+            for delivery in self.sequencer.drop(sub.group, pk):
+                delivery.lost = True
+                self._parked -= 1
+            busy = [
+                d
+                for d in entries.values()
+                if d.state in (RUNNING, FINISHED) and not d.lost
+            ]
+            for delivery in entries.values():
+                if delivery.state == WAITING:
+                    delivery.lost = True  # handler threads skip it
+            if busy and not force:
+                return None
+            counts = [
+                (d.id, d.deliveries if d.state == RUNNING else max(0, d.deliveries - 1))
+                for d in entries.values()
+            ]
+            for delivery in entries.values():
+                delivery.lost = True
+            self.held.pop((sub.group, pk), None)
+        return counts
+
+    def drop_partition(self, sub: Subscription, pk: PartitionKeys) -> None:
+        """The partition's lease is lost: forget all that is held of it."""
+        with self._lock:
+            self._parked -= len(self.sequencer.drop(sub.group, pk))
+            for delivery in self.held.pop((sub.group, pk), {}).values():
+                delivery.lost = True
+
+    # -- handling ------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        ident = threading.get_ident()
+        get = self._queue.get
+        run = self.runner.run
+        put = self.settler.put
+        running = self._running
+        lock = self._lock
+        while True:
+            delivery = get()
+            if delivery is None:
+                self.runner.close_thread()
+                return
+            if delivery.sub.ordered:
+                # Under the lock: a partition being handed over must know
+                # for sure whether this delivery started.
+                with lock:
+                    skip = delivery.lost or self._draining
+                    if not skip:
+                        delivery.state = RUNNING
+            else:
+                skip = delivery.lost or self._draining
+                delivery.state = RUNNING
+            if skip:
+                delivery.state = WAITING
+                self._finished()
+                continue
+            running[ident] = delivery
+            try:
+                outcome = run(delivery)
+            finally:
+                del running[ident]
+                delivery.state = FINISHED
+                self._finished()
+            put(outcome)
+
     # -- stopping ------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        self._stopping.set()
+        self.stopping.set()
         self.unblock_readers()
         for thread in self._threads:
             if thread.name.startswith("taskq-reader"):
                 thread.join(self.block_ms / 1000 + 2)
-        # From here on, handler threads start nothing new: what is still
-        # queued goes back to the group at once.
+        # From here on, handler threads start nothing new.
         self._draining = True
-        with self._lock:
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    self._unstarted.append(item)
-            unstarted, self._unstarted = self._unstarted, []
-            self._unfinished -= len(unstarted)
+        unstarted: list[Delivery] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                unstarted.append(item)
+                self._finished()
         running = len(self._running)
-        released = self._requeue(unstarted, started=False)
+        released = self._requeue(
+            [d for d in unstarted if not d.sub.ordered], started=False
+        )
         deadline = time.monotonic() + self.shutdown_timeout_s
-        while self._running and not self._hard_stop.is_set():
+        while self._running and not self.hard_stop.is_set():
             if time.monotonic() >= deadline:
                 break
-            self._hard_stop.wait(0.02)
+            self.hard_stop.wait(0.02)
         interrupted = list(self._running.values())
+        self._requeue([d for d in interrupted if not d.sub.ordered], started=True)
         for delivery in interrupted:
             delivery.lost = True  # its late outcome must not be settled
-        self._requeue(interrupted, started=True)
-        with self._lock:
-            late, self._unstarted = self._unstarted, []
-        released += self._requeue(late, started=False)
-        # Let the settler flush what finished, then stop the rest.
-        self._settled_all.set()
-        self._done_event.set()
+        # Let the settler write what finished, then hand over the owned
+        # partitions (which needs every outcome of theirs settled).
+        self.settler.closing.set()
+        self.settler.wake.set()
         for _ in range(self.concurrency):
             self._queue.put(None)
         for thread in self._threads:
             if thread.name == "taskq-settler":
                 remaining = max(1.0, deadline - time.monotonic())
-                thread.join(remaining if not self._hard_stop.is_set() else 1.0)
+                thread.join(remaining if not self.hard_stop.is_set() else 1.0)
         self.keeper.stop()
         if interrupted:
             log.warning(
@@ -565,7 +600,11 @@ class Worker:
         )
 
     def _requeue(self, deliveries: list[Delivery], *, started: bool) -> int:
-        """Hand held entries back to their group as new entries at once."""
+        """Hand held entries back to their group as new entries at once.
+
+        Only for unordered subscriptions: an owned partition is handed over
+        whole, its entries staying where they are (keeper.stop).
+        """
         if not deliveries:
             return 0
         by_partition: dict[tuple[str, PartitionKeys], list[Delivery]] = {}

@@ -1,0 +1,268 @@
+"""Partition ownership: one member of a group reads a partition at a time.
+
+Redis consumer groups let any member read any entry; Kafka gives each
+partition to one consumer of a group, which is what keeps a key's messages
+in order. taskq does the same for subscriptions with ordered handlers:
+
+* each member heartbeats into the group's member set (a sorted set);
+* every member computes the same balanced, sticky assignment from the live
+  members and the current owners (:func:`assign`), gives up what it should
+  no longer own and takes what is free and meant for it;
+* owning is a lease in Redis (``own.lua``) with a fencing token: a member
+  that stalls past its lease loses the partition, and the steps it takes
+  afterwards (acknowledge, retry, dead-letter) name a stale token and do
+  nothing;
+* a new owner first takes over every entry still pending in the partition
+  (from a dead or departed owner), in stream order, then reads new ones.
+
+A worker gives up a partition only once nothing of it is running, so two
+members never run messages of one partition at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from taskq.connection import CONNECTION_ERRORS
+from taskq.delivery import Delivery, Subscription
+from taskq.keys import PartitionKeys
+from taskq.scripts import Scripts
+
+if TYPE_CHECKING:
+    from taskq.worker import Worker
+
+log = logging.getLogger("taskq.ownership")
+
+#: Entries taken over per call when a partition changes hands.
+TAKEOVER_BATCH = 500
+
+
+def assign(
+    partitions: Sequence[int],
+    members: Sequence[str],
+    owners: Mapping[int, str | None],
+) -> dict[str, list[int]]:
+    """A balanced, sticky assignment of partitions to members.
+
+    Every member gets ``len(partitions) // len(members)`` partitions or one
+    more; the members that own the most now get the larger shares. Members
+    keep what they own up to their share; the rest goes, in partition
+    order, to the members with room, those with the most room first. The
+    result depends only on the arguments, so members that see the same
+    state agree on it.
+    """
+    if not members:
+        return {}
+    ordered = sorted(set(members))
+    current = {m: [p for p in partitions if owners.get(p) == m] for m in ordered}
+    by_holding = sorted(ordered, key=lambda m: (-len(current[m]), m))
+    base, extra = divmod(len(partitions), len(ordered))
+    share = {m: base + (1 if i < extra else 0) for i, m in enumerate(by_holding)}
+    result: dict[str, list[int]] = {m: [] for m in ordered}
+    free = []
+    for p in partitions:
+        owner = owners.get(p)
+        if owner in share and len(result[owner]) < share[owner]:
+            result[owner].append(p)
+        else:
+            free.append(p)
+    for p in free:
+        member = max(
+            ordered, key=lambda m: (share[m] - len(result[m]), -ordered.index(m))
+        )
+        result[member].append(p)
+    return result
+
+
+class Ownership:
+    """The partitions one worker owns in one ordered subscription."""
+
+    def __init__(self, worker: Worker, sub: Subscription) -> None:
+        self.worker = worker
+        self.sub = sub
+        self.member = worker.id
+        self.members_key = worker.app.keys.members(sub.topic, sub.group)
+        #: Owned partitions and their fencing tokens.
+        self.tokens: dict[PartitionKeys, int] = {}
+        #: Partitions lost while some of their handlers still ran; they are
+        #: not taken again until those finish.
+        self.draining: set[PartitionKeys] = set()
+        self.last_members: list[str] = []
+
+    def owner_value(self, pk: PartitionKeys) -> str | None:
+        token = self.tokens.get(pk)
+        return None if token is None else f"{self.member}|{token}"
+
+    @property
+    def lease_ms(self) -> int:
+        return self.sub.lease_ms
+
+    # -- one pass ------------------------------------------------------------------
+
+    def step(self, client: redis.Redis, scripts: Scripts) -> None:
+        """Heartbeat, renew what is owned, then move toward the assignment."""
+        now_ms = int(time.time() * 1000)
+        owned = list(self.tokens.items())
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(self.members_key, {self.member: now_ms})
+        pipe.pexpire(self.members_key, self.lease_ms * 3)
+        pipe.zremrangebyscore(self.members_key, "-inf", now_ms - self.lease_ms * 3)
+        pipe.zrangebyscore(self.members_key, now_ms - self.lease_ms, "+inf")
+        for pk, token in owned:
+            scripts.own(
+                pk, self.sub.group, self.member, self.lease_ms, token, client=pipe
+            )
+        for pk in self.sub.partitions:
+            pipe.get(pk.owner(self.sub.group))
+        results = scripts.execute(pipe)
+        members = [m.decode() for m in results[3]]
+        renewed = results[4 : 4 + len(owned)]
+        values = results[4 + len(owned) :]
+        for (pk, _), token in zip(owned, renewed, strict=True):
+            if token is None:
+                self.lost(pk, "its lease ran out")
+        owners: dict[int, str | None] = {}
+        for pk, value in zip(self.sub.partitions, values, strict=True):
+            owners[pk.partition] = value.decode().rsplit("|", 1)[0] if value else None
+        if self.member not in members:
+            members.append(self.member)
+        if sorted(members) != self.last_members:
+            self.last_members = sorted(members)
+            log.info(
+                "Members of %s/%s: %s.",
+                self.sub.topic,
+                self.sub.group,
+                ", ".join(self.last_members),
+            )
+        mine = set(
+            assign([pk.partition for pk in self.sub.partitions], members, owners)[
+                self.member
+            ]
+        )
+        for pk in list(self.tokens):
+            if pk.partition not in mine:
+                self.give_up(client, scripts, pk)
+        for pk in self.sub.partitions:
+            if (
+                pk.partition in mine
+                and pk not in self.tokens
+                and owners[pk.partition] is None
+            ):
+                self.take(client, scripts, pk)
+
+    # -- taking and giving up --------------------------------------------------------
+
+    def take(self, client: redis.Redis, scripts: Scripts, pk: PartitionKeys) -> None:
+        if pk in self.draining and self.worker.running_in(self.sub.group, pk):
+            return
+        self.draining.discard(pk)
+        token = scripts.own(pk, self.sub.group, self.member, self.lease_ms)
+        if token is None:
+            return
+        self.tokens[pk] = int(token)
+        # Whatever the previous owner left pending comes first, in order;
+        # new entries are read only after it.
+        cursor = b"0-0"
+        taken = 0
+        while True:
+            cursor, entries, _ = scripts.reclaim(
+                pk, self.sub.group, self.member, 0, cursor, TAKEOVER_BATCH
+            )
+            batch = []
+            for entry_id, flat, deliveries, _idle in entries:
+                it = iter(flat)
+                fields = dict(zip(it, it, strict=False))
+                batch.append(Delivery(self.sub, pk, entry_id, fields, int(deliveries)))
+            taken += len(batch)
+            self.worker.hold(batch)
+            if cursor in (b"0-0", "0-0"):
+                break
+        self.sub.start_reading(pk)
+        log.info(
+            "Took partition %d of %s/%s (token %d)%s.",
+            pk.partition,
+            self.sub.topic,
+            self.sub.group,
+            token,
+            f", with {taken} pending entr{'y' if taken == 1 else 'ies'}"
+            if taken
+            else "",
+        )
+        self.worker.reading_changed(self.sub)
+
+    def give_up(
+        self,
+        client: redis.Redis,
+        scripts: Scripts,
+        pk: PartitionKeys,
+        *,
+        force: bool = False,
+    ) -> bool:
+        """Hand a partition over, once nothing of it runs; True when done.
+
+        Entries not yet started are returned uncharged; with ``force``
+        (shutdown timeout) running ones are handed over as a further
+        attempt.
+        """
+        owner = self.owner_value(pk)
+        if owner is None:
+            return True
+        self.sub.stop_reading(pk)
+        self.worker.reading_changed(self.sub)
+        counts = self.worker.hand_over(self.sub, pk, force=force)
+        if counts is None:
+            return False  # handlers of it still run; try again next pass
+        try:
+            scripts.disown(pk, self.sub.group, self.member, owner, counts)
+        except (redis.RedisError, OSError) as exc:
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise
+            log.warning(
+                "Could not give up partition %d of %s: %s", pk.partition, pk.topic, exc
+            )
+        del self.tokens[pk]
+        log.info(
+            "Gave up partition %d of %s/%s%s.",
+            pk.partition,
+            self.sub.topic,
+            self.sub.group,
+            f", handing over {len(counts)} entr{'y' if len(counts) == 1 else 'ies'}"
+            if counts
+            else "",
+        )
+        return True
+
+    def lost(self, pk: PartitionKeys, why: str) -> None:
+        """The lease is gone: drop the partition without touching Redis."""
+        if self.tokens.pop(pk, None) is None:
+            return
+        log.warning(
+            "Lost partition %d of %s/%s (%s); what this worker still holds of "
+            "it will not be acknowledged here.",
+            pk.partition,
+            self.sub.topic,
+            self.sub.group,
+            why,
+        )
+        self.sub.stop_reading(pk)
+        self.worker.drop_partition(self.sub, pk)
+        self.draining.add(pk)
+        self.worker.reading_changed(self.sub)
+
+    def leave(self, client: redis.Redis, scripts: Scripts, *, force: bool) -> None:
+        """On shutdown: hand every partition over and leave the group."""
+        for pk in list(self.tokens):
+            self.give_up(client, scripts, pk, force=force)
+        # If this fails, the heartbeat ages out by itself.
+        with contextlib.suppress(redis.RedisError, OSError):
+            client.zrem(self.members_key, self.member)
+
+
+def describe(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,231 @@
+"""Ordered handlers: partition ownership, one message at a time per key.
+
+Case 13 of the shared scenarios (per-key order across retries and
+concurrency), the assignment of partitions to members, and rebalancing as
+workers join and leave.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+import taskq
+from taskq import Context, TaskQ, Worker, partition_for
+from taskq.ownership import assign
+from tests.support import wait_for
+from tests.test_worker import dead_letters, pending
+
+# -- the assignment ------------------------------------------------------------
+
+
+def test_assignment_is_balanced() -> None:
+    parts = list(range(8))
+    for members in (["a"], ["a", "b"], ["a", "b", "c"], list("abcdefghij")):
+        result = assign(parts, members, {})
+        sizes = sorted(len(v) for v in result.values())
+        assert sum(sizes) == 8 and sizes[-1] - sizes[0] <= 1
+        assert sorted(p for v in result.values() for p in v) == parts
+
+
+def test_assignment_is_sticky() -> None:
+    parts = list(range(8))
+    before = assign(parts, ["a", "b"], {})
+    owners = {p: m for m, ps in before.items() for p in ps}
+    after = assign(parts, ["a", "b", "c"], owners)
+    moved = [p for p in parts if p not in after[owners[p]]]
+    assert len(moved) == 2  # only what the newcomer needs for its share
+    assert sorted(after["c"]) == sorted(moved)
+    owners = {p: m for m, ps in after.items() for p in ps}
+    gone = assign(parts, ["a", "c"], owners)
+    assert set(after["a"]) <= set(gone["a"]) and set(after["c"]) <= set(gone["c"])
+
+
+def test_members_that_see_the_same_state_agree() -> None:
+    owners = {0: "b", 1: "b", 2: "b", 3: None, 4: "a", 5: "zombie", 6: None, 7: "c"}
+    results = [assign(range(8), order, owners) for order in (["a", "b", "c"], ["c", "a", "b"])]  # type: ignore[arg-type]
+    assert results[0] == results[1]
+
+
+# -- case 13: per-key order across retries ---------------------------------------
+
+
+def _keys() -> tuple[str, str, str]:
+    k1 = "k1"
+    k2 = next(f"k2-{n}" for n in range(100) if partition_for(f"k2-{n}", 4) != partition_for(k1, 4))
+    k3 = next(f"k3-{n}" for n in range(100) if partition_for(f"k3-{n}", 4) == partition_for(k1, 4))
+    return k1, k2, k3
+
+
+def _ordered_app(app: TaskQ, fail_k1_2: int) -> tuple[Any, list[tuple[str, int, int, float, float]]]:
+    app.topic("accounts", partitions=4)
+    log: list[tuple[str, int, int, float, float]] = []
+    lock = threading.Lock()
+
+    @app.task(topic="accounts", key="key", ordered=True, retries=2, backoff=2.0, lease=3)
+    def apply(key: str, seq: int, ctx: Context) -> None:
+        start = time.time()
+        time.sleep(0.1)
+        with lock:
+            log.append((key, seq, ctx.attempt, start, time.time()))
+        if key == "k1" and seq == 2 and ctx.attempt <= fail_k1_2:
+            raise RuntimeError("retryable")
+
+    return apply, log
+
+
+def _starts(log: list[Any], key: str) -> list[tuple[int, int]]:
+    return [(seq, attempt) for k, seq, attempt, _, _ in sorted(log, key=lambda e: e[3]) if k == key]
+
+
+def _no_overlap(log: list[Any]) -> None:
+    by_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for key, _, _, start, end in log:
+        by_key[key].append((start, end))
+    for spans in by_key.values():
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            assert start >= end
+
+
+def test_a_retry_keeps_its_place_in_its_key(app: TaskQ, running: Any) -> None:
+    apply, log = _ordered_app(app, fail_k1_2=1)
+    k1, k2, k3 = _keys()
+    with running(Worker(app, concurrency=4)), running(Worker(app, concurrency=4)):
+        sent = time.time()
+        for seq in range(1, 6):
+            apply.send(k1, seq)
+            apply.send(k2, seq)
+        apply.send(k3, 1)
+        apply.send(k3, 2)
+        wait_for(lambda: len(log) >= 13, timeout=15)
+    assert _starts(log, k1) == [(1, 1), (2, 1), (2, 2), (3, 1), (4, 1), (5, 1)]
+    k1_runs = sorted((e for e in log if e[0] == k1), key=lambda e: e[3])
+    assert k1_runs[2][3] - k1_runs[1][4] >= 2.0  # the backoff, in place
+    k2_runs = [e for e in log if e[0] == k2]
+    assert [seq for _, seq, _, _, _ in sorted(k2_runs, key=lambda e: e[3])] == [1, 2, 3, 4, 5]
+    assert max(end for *_, end in k2_runs) - sent <= 1.5
+    assert _starts(log, k3) == [(1, 1), (2, 1)]
+    _no_overlap(log)
+    assert dead_letters(app, "accounts") == []
+    assert pending(app, "accounts") == 0
+
+
+def test_an_exhausted_message_is_set_aside_and_its_key_goes_on(
+    app: TaskQ, running: Any
+) -> None:
+    apply, log = _ordered_app(app, fail_k1_2=99)
+    k1 = "k1"
+    with running(Worker(app, concurrency=4)), running(Worker(app, concurrency=4)):
+        for seq in range(1, 6):
+            apply.send(k1, seq)
+        wait_for(lambda: len(log) >= 7, timeout=20)
+    assert [seq for seq, _ in _starts(log, k1)] == [1, 2, 2, 2, 3, 4, 5]
+    [record] = dead_letters(app, "accounts")
+    assert (record[b"key"], record[b"attempts"]) == (b"k1", b"3")
+    assert record[b"message:payload"] == b'{"key":"k1","seq":2}'
+    k1_runs = sorted(log, key=lambda e: e[3])
+    dead_at = int(record[b"dead_at"]) / 1000
+    assert all(start >= dead_at - 0.05 for _, seq, _, start, _ in k1_runs if seq > 2)
+    _no_overlap(log)
+
+
+# -- ownership and rebalancing -----------------------------------------------------
+
+
+def _owners(app: TaskQ, topic: str, group: str) -> dict[int, str | None]:
+    result: dict[int, str | None] = {}
+    for p in range(app.partitions(topic)):
+        value = app.redis.get(app.keys.partition(topic, p).owner(group))
+        result[p] = value.decode().rsplit("|", 1)[0] if value else None
+    return result
+
+
+@pytest.mark.redis
+def test_partitions_follow_the_members(redis_app: TaskQ, running: Any) -> None:
+    app = redis_app
+    app.topic("events", partitions=8)
+    active: dict[str, int] = defaultdict(int)
+    clash: list[str] = []
+    done: list[int] = []
+    lock = threading.Lock()
+
+    @app.task(topic="events", key="key", ordered=True, lease=1.5)
+    def handle(key: str, n: int) -> None:
+        with lock:
+            active[key] += 1
+            if active[key] > 1:
+                clash.append(key)
+        time.sleep(0.002)
+        with lock:
+            active[key] -= 1
+            done.append(n)
+
+    lease = 1.5
+    keys = [f"user-{i}" for i in range(32)]
+
+    def feed(start: int, count: int) -> None:
+        handle.send_many([{"key": keys[n % 32], "n": n} for n in range(start, start + count)])
+
+    def settled(workers: list[Worker]) -> bool:
+        owners = _owners(app, "events", app.task_group)
+        ids = {w.id for w in workers}
+        if set(owners.values()) != ids:
+            return False
+        counts = [list(owners.values()).count(i) for i in ids]
+        return max(counts) - min(counts) <= 1
+
+    workers = [Worker(app, concurrency=4, lease=lease) for _ in range(3)]
+    with running(workers[0]):
+        feed(0, 200)
+        wait_for(lambda: settled(workers[:1]), timeout=lease)
+        with running(workers[1]), running(workers[2]):
+            feed(200, 200)
+            changed = time.monotonic()
+            wait_for(lambda: settled(workers), timeout=3 * lease)
+            assert time.monotonic() - changed <= 2 * lease
+            feed(400, 200)
+            wait_for(lambda: len(done) >= 600, timeout=20)
+        # two left gracefully: their partitions came back at once
+        wait_for(lambda: settled(workers[:1]), timeout=lease)
+        with running(Worker(app, concurrency=4, lease=lease)) as fourth:
+            wait_for(lambda: settled([workers[0], fourth]), timeout=3 * lease)
+            feed(600, 200)
+            wait_for(lambda: len(done) >= 800, timeout=20)
+    assert sorted(done) == list(range(800))
+    assert clash == []
+    assert pending(app, "events") == 0
+
+
+def test_unordered_tasks_are_not_held_back_by_keys(app: TaskQ, running: Any) -> None:
+    app.topic("free", partitions=1)
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    @app.task(topic="free", key="key")
+    def free(key: str) -> None:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.2)
+        with lock:
+            active -= 1
+
+    for _ in range(4):
+        free.send("same")
+    with running(Worker(app, concurrency=4)):
+        wait_for(lambda: pending(app, "free") == 0 and peak > 0, timeout=10)
+    assert peak > 1
+
+
+def test_ordered_option_is_validated(app: TaskQ) -> None:
+    with pytest.raises(taskq.ConfigurationError, match="lease"):
+
+        @app.task(ordered=True, lease=-1)
+        def bad() -> None: ...
