@@ -47,7 +47,9 @@ def test_assignment_is_sticky() -> None:
 
 def test_members_that_see_the_same_state_agree() -> None:
     owners = {0: "b", 1: "b", 2: "b", 3: None, 4: "a", 5: "zombie", 6: None, 7: "c"}
-    results = [assign(range(8), order, owners) for order in (["a", "b", "c"], ["c", "a", "b"])]  # type: ignore[arg-type]
+    results = [
+        assign(range(8), order, owners) for order in (["a", "b", "c"], ["c", "a", "b"])
+    ]  # type: ignore[arg-type]
     assert results[0] == results[1]
 
 
@@ -56,17 +58,29 @@ def test_members_that_see_the_same_state_agree() -> None:
 
 def _keys() -> tuple[str, str, str]:
     k1 = "k1"
-    k2 = next(f"k2-{n}" for n in range(100) if partition_for(f"k2-{n}", 4) != partition_for(k1, 4))
-    k3 = next(f"k3-{n}" for n in range(100) if partition_for(f"k3-{n}", 4) == partition_for(k1, 4))
+    k2 = next(
+        f"k2-{n}"
+        for n in range(100)
+        if partition_for(f"k2-{n}", 4) != partition_for(k1, 4)
+    )
+    k3 = next(
+        f"k3-{n}"
+        for n in range(100)
+        if partition_for(f"k3-{n}", 4) == partition_for(k1, 4)
+    )
     return k1, k2, k3
 
 
-def _ordered_app(app: TaskQ, fail_k1_2: int) -> tuple[Any, list[tuple[str, int, int, float, float]]]:
+def _ordered_app(
+    app: TaskQ, fail_k1_2: int
+) -> tuple[Any, list[tuple[str, int, int, float, float]]]:
     app.topic("accounts", partitions=4)
     log: list[tuple[str, int, int, float, float]] = []
     lock = threading.Lock()
 
-    @app.task(topic="accounts", key="key", ordered=True, retries=2, backoff=2.0, lease=3)
+    @app.task(
+        topic="accounts", key="key", ordered=True, retries=2, backoff=2.0, lease=3
+    )
     def apply(key: str, seq: int, ctx: Context) -> None:
         start = time.time()
         time.sleep(0.1)
@@ -79,7 +93,11 @@ def _ordered_app(app: TaskQ, fail_k1_2: int) -> tuple[Any, list[tuple[str, int, 
 
 
 def _starts(log: list[Any], key: str) -> list[tuple[int, int]]:
-    return [(seq, attempt) for k, seq, attempt, _, _ in sorted(log, key=lambda e: e[3]) if k == key]
+    return [
+        (seq, attempt)
+        for k, seq, attempt, _, _ in sorted(log, key=lambda e: e[3])
+        if k == key
+    ]
 
 
 def _no_overlap(log: list[Any]) -> None:
@@ -107,7 +125,13 @@ def test_a_retry_keeps_its_place_in_its_key(app: TaskQ, running: Any) -> None:
     k1_runs = sorted((e for e in log if e[0] == k1), key=lambda e: e[3])
     assert k1_runs[2][3] - k1_runs[1][4] >= 2.0  # the backoff, in place
     k2_runs = [e for e in log if e[0] == k2]
-    assert [seq for _, seq, _, _, _ in sorted(k2_runs, key=lambda e: e[3])] == [1, 2, 3, 4, 5]
+    assert [seq for _, seq, _, _, _ in sorted(k2_runs, key=lambda e: e[3])] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
     assert max(end for *_, end in k2_runs) - sent <= 1.5
     assert _starts(log, k3) == [(1, 1), (2, 1)]
     _no_overlap(log)
@@ -169,7 +193,9 @@ def test_partitions_follow_the_members(redis_app: TaskQ, running: Any) -> None:
     keys = [f"user-{i}" for i in range(32)]
 
     def feed(start: int, count: int) -> None:
-        handle.send_many([{"key": keys[n % 32], "n": n} for n in range(start, start + count)])
+        handle.send_many(
+            [{"key": keys[n % 32], "n": n} for n in range(start, start + count)]
+        )
 
     def settled(workers: list[Worker]) -> bool:
         owners = _owners(app, "events", app.task_group)
