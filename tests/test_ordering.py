@@ -7,6 +7,7 @@ workers join and leave.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -106,7 +107,7 @@ def _no_overlap(log: list[Any]) -> None:
         by_key[key].append((start, end))
     for spans in by_key.values():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end
 
 

@@ -3,6 +3,7 @@ and stall."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -101,7 +102,7 @@ def test_per_key_order_while_workers_join_leave_and_die(
         # comes right after the first run.
         assert seqs == sorted(seqs), key
         assert sorted(set(seqs)) == list(range(1, total + 1)), key
-        for before, after in zip(entries, entries[1:], strict=False):
+        for before, after in itertools.pairwise(entries):
             assert after["start"] >= before["t"], (key, before, after)
     wait_for(lambda: pending(ordered.app, "orders") == 0, timeout=10)
     assert dead_letters(ordered.app, "orders") == []
