@@ -45,6 +45,9 @@ class Subscription:
         self._read_args: list[Any] | None = None
         #: Set when the partitions to read change (ownership moved).
         self.changed = threading.Event()
+        #: Entries written at or after this time (ms) are not for this group
+        #: (a replay of a time range); they are acknowledged unread.
+        self.until_ms: int | None = None
 
     def __repr__(self) -> str:
         return f"<Subscription {self.topic}/{self.group}>"

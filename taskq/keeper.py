@@ -112,6 +112,10 @@ class Keeper:
         self._load_scripts()
         for sub in self.subs:
             self.ensure_groups(self.client, sub)
+            until = self.client.hget(
+                self.app.keys.group_config(sub.topic, sub.group), "until_ms"
+            )
+            sub.until_ms = int(until) if until else None
         leases = [sub.lease_s for sub in self.subs] or [self.worker.lease_s]
         self.renew_every_s = min(leases) / 3
         self.reclaim_every_s = min(RECLAIM_MAX_S, max(RECLAIM_MIN_S, min(leases) / 3))

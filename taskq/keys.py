@@ -87,6 +87,11 @@ class Keys:
         Expires three leases after the last heartbeat."""
         return f"{self.namespace}:members:{topic}:{group}"
 
+    def group_config(self, topic: str, group: str) -> str:
+        """Hash: settings of one group of a topic (``until_ms``: entries
+        written from then on are not for it, set by a replay)."""
+        return f"{self.namespace}:group:{topic}:{group}"
+
     def partition(self, topic: str, partition: int) -> PartitionKeys:
         return _partition_keys(self.namespace, topic, partition)
 

@@ -42,6 +42,8 @@ class Runner:
         if target is not None and target != sub.group_bytes:
             # A retry or replay that belongs to another group of the topic.
             return Outcome(Settle.ACK, delivery)
+        if sub.until_ms is not None and wire.entry_ms(delivery.id) >= sub.until_ms:
+            return Outcome(Settle.ACK, delivery)  # past the end of a replay
         handler = sub.handler_for(fields)
         if isinstance(handler, Rejection):
             return self._reject(delivery, handler.reason, handler.text)

@@ -92,9 +92,11 @@ def main() -> None:
 
 
 def register_commands() -> None:
-    from taskq.cli import demo, ops, worker
+    from taskq.cli import admin, demo, ops, worker
 
     main.add_command(worker.worker)
+    main.add_command(admin.groups)
+    main.add_command(admin.topics)
     main.add_command(ops.send)
     main.add_command(ops.stats)
     main.add_command(ops.dlq)

@@ -12,7 +12,7 @@ from taskq.cli import load_app
 from taskq.stats import GroupStats, collect
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> str:
+def table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [
         max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)
     ]
@@ -107,11 +107,11 @@ def stats(app: str, topics: tuple[str, ...], as_json: bool) -> None:
     ]
     if any(x.node for x in result.partitions):
         headers.append("node")
-    click.echo(_table(rows, headers) if rows else "No topics yet.")
+    click.echo(table(rows, headers) if rows else "No topics yet.")
     click.echo()
     if result.workers:
         click.echo(
-            _table(
+            table(
                 [
                     [
                         w.id,
@@ -184,7 +184,7 @@ def dlq_list(
             )
     if not as_json:
         click.echo(
-            _table(rows, ["id", "reason", "task/group", "key", "attempts", "error"])
+            table(rows, ["id", "reason", "task/group", "key", "attempts", "error"])
             if rows
             else "No dead letters."
         )

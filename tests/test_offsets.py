@@ -1,0 +1,125 @@
+"""Offsets: moving a group's position, replays into a new group, topics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from taskq import Worker
+from taskq.cli import main
+from tests.support import bind_app
+
+APP = "tests.apps.events_app:app"
+
+
+@pytest.fixture
+def events(backend_url: str, namespace: str) -> Iterator[Any]:
+    import tests.apps.events_app as module
+
+    bind_app(module.app, backend_url, namespace)
+    module.SEEN.clear()
+    yield module
+    module.app.close()
+
+
+def cli(*args: str, input: str | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def _publish_in_two_batches(app: Any) -> str:
+    for n in range(1, 6):
+        app.publish("events", n, key=n)
+    time.sleep(0.01)
+    middle = datetime.now(UTC).isoformat()
+    time.sleep(0.01)
+    for n in range(6, 11):
+        app.publish("events", n, key=n)
+    return middle
+
+
+def test_reset_to_a_time_delivers_exactly_what_came_after(events: Any) -> None:
+    app = events.app
+    middle = _publish_in_two_batches(app)
+    Worker(app, burst=True, groups=["audit"]).run(install_signals=False)
+    assert sorted(events.SEEN) == list(range(1, 11))
+    events.SEEN.clear()
+
+    result = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", middle, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "5 entries will be delivered again, 0 skipped." in result.output
+    Worker(app, burst=True, groups=["audit"]).run(install_signals=False)
+    assert sorted(events.SEEN) == [6, 7, 8, 9, 10]
+
+    events.SEEN.clear()
+    result = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "earliest", "--yes")
+    assert "10 entries will be delivered again" in result.output
+    result = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "latest", "--yes")
+    assert "0 entries will be delivered again, 10 skipped." in result.output
+    Worker(app, burst=True, groups=["audit"]).run(install_signals=False)
+    assert events.SEEN == []
+
+
+def test_reset_refuses_while_members_run(events: Any, running: Any) -> None:
+    app = events.app
+    app.publish("events", 1)
+    with running(Worker(app, groups=["audit"])) as worker:
+        worker.keeper._heartbeat()
+        refused = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "earliest", "--yes")
+        assert refused.exit_code == 1
+        assert "live members" in refused.output and worker.id in refused.output
+        forced = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "earliest", "--yes", "--force")
+        assert forced.exit_code == 0, forced.output
+
+
+def test_bad_positions_are_clear_errors(events: Any) -> None:
+    events.app.publish("events", 1)
+    Worker(events.app, burst=True, groups=["audit"]).run(install_signals=False)
+    naive = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "2026-01-01T00:00:00")
+    assert naive.exit_code == 1 and "no time zone" in naive.output
+    nonsense = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "yesterday")
+    assert nonsense.exit_code == 1 and "not earliest, latest" in nonsense.output
+    unknown = cli("groups", "reset", APP, "--group", "nobody", "--topic", "events", "--to", "earliest")
+    assert unknown.exit_code == 1 and "does not read" in unknown.output
+
+
+def test_replay_a_time_range_into_a_new_group(events: Any) -> None:
+    app = events.app
+    start = datetime.now(UTC).isoformat()
+    time.sleep(0.01)
+    for n in range(1, 6):
+        app.publish("events", n, key=n)
+    time.sleep(0.01)
+    end = datetime.now(UTC).isoformat()
+    time.sleep(0.01)
+    for n in range(6, 9):
+        app.publish("events", n, key=n)
+    result = cli("groups", "replay", APP, "--topic", "events", "--group", "backfill", "--from", start, "--to", end)
+    assert result.exit_code == 0, result.output
+    Worker(app, burst=True, groups=["backfill"]).run(install_signals=False)
+    assert sorted(events.SEEN) == [-5, -4, -3, -2, -1]
+    listed = cli("groups", "list", APP).output
+    assert "events/backfill" in listed and "replay ends at" in listed
+    again = cli("groups", "replay", APP, "--topic", "events", "--group", "backfill", "--from", start)
+    assert again.exit_code == 1 and "already" in again.output
+
+
+def test_topics_create_describe_and_change(events: Any) -> None:
+    app = events.app
+    created = cli("topics", "create", APP, "fresh", "--partitions", "3")
+    assert "created with 3 partitions" in created.output
+    app.publish("events", 1, key=1)
+    listed = cli("topics", "list", APP).output
+    assert "fresh" in listed and "events" in listed
+    described = cli("topics", "describe", APP, "events").output
+    assert described.count("\n") >= 3
+    refused = cli("topics", "create", APP, "events", "--partitions", "4")
+    assert refused.exit_code == 1 and "map to another partition" in refused.output
+    changed = cli("topics", "create", APP, "events", "--partitions", "4", "--force")
+    assert changed.exit_code == 0 and "now has 4 partitions (was 2)" in changed.output
+    shrink = cli("topics", "create", APP, "events", "--partitions", "1", "--force")
+    assert shrink.exit_code == 1 and "still holds messages" in shrink.output
