@@ -62,6 +62,17 @@ def procs(redis_url: str, namespace: str) -> Iterator[Procs]:
     group.close()
 
 
+def _owner_pids(module: Any) -> set[int]:
+    app = module.app
+    pids = set()
+    for p in range(app.partitions("orders")):
+        value = app.redis.get(app.keys.partition("orders", p).owner("tasks"))
+        if value is None:
+            return set()  # a partition without owner: not settled yet
+        pids.add(int(value.decode().rsplit("|", 1)[0].split("-")[-2]))
+    return pids
+
+
 def _log(module: Any) -> list[dict[str, Any]]:
     return [json.loads(x) for x in module.app.redis.lrange(module.LOG, 0, -1)]
 
@@ -82,7 +93,13 @@ def test_per_key_order_while_workers_join_leave_and_die(
     w2.send_signal(signal.SIGTERM)
     procs.start("-c", "4")
     time.sleep(1.5)
+    wait_for(lambda: w3.pid in _owner_pids(ordered), timeout=10)
     w3.kill()
+    killed = time.monotonic()
+    # The dead worker's partitions pass to live ones once its lease (2 s)
+    # runs out, plus at most one ownership pass.
+    wait_for(lambda: _owner_pids(ordered) and w3.pid not in _owner_pids(ordered), timeout=10)
+    assert time.monotonic() - killed <= 2.0 * 1.25 + 0.5
     wait_for(
         lambda: len({(e["key"], e["seq"]) for e in _log(ordered)}) == 20 * total,
         timeout=120,
