@@ -28,8 +28,9 @@ log = logging.getLogger("taskq.runner")
 class Runner:
     """Runs deliveries for one worker; shared by its handler threads."""
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, max_payload_bytes: int) -> None:
         self.worker_id = worker_id
+        self.max_payload_bytes = max_payload_bytes
         self._local = threading.local()
         #: thread id -> deadline (monotonic seconds) of the handlers that
         #: run under a time limit.
@@ -60,8 +61,18 @@ class Runner:
                 level=logging.ERROR,
                 last_ms=delivery.previous_ms,
             )
+        payload = fields[wire.PAYLOAD]
+        if len(payload) > self.max_payload_bytes:
+            # Written by something that does not check (a raw XADD, another
+            # tool): set aside rather than parsed.
+            return self._reject(
+                delivery,
+                "payload_too_large",
+                f"the payload is {len(payload)} bytes, over the limit of "
+                f"{self.max_payload_bytes} bytes (max_payload_bytes)",
+            )
         try:
-            decoded = handler.decode(fields[wire.PAYLOAD])
+            decoded = handler.decode(payload)
         except ValidationError as exc:
             return self._reject(delivery, validation_reason(exc), str(exc))
         started_ms = int(time.time() * 1000)

@@ -106,7 +106,7 @@ class Worker:
             block_ms = 200 if is_memory(app.url) else defaults.BLOCK_MS
         self.block_ms = block_ms
         self.subscriptions = self._subscriptions(groups, topics)
-        self.runner = Runner(self.id)
+        self.runner = Runner(self.id, app.max_payload_bytes)
         self.outage = Outage(app.url, log)
         self.sequencer = Sequencer()
         self.ownerships: dict[Subscription, Ownership] = {

@@ -90,6 +90,26 @@ def test_malformed_entries_are_dead_lettered_once(
     assert app.redis.xlen(stream) == length
 
 
+def test_an_oversized_entry_is_set_aside(app: TaskQ, make_app: Any) -> None:
+    app.topic("jobs", partitions=1)
+    small = make_app(app.url, max_payload_bytes=64)
+    small.topic("jobs", partitions=1)
+    ran: list[str] = []
+
+    @small.task(topic="jobs")
+    def echo(text: str) -> None:
+        ran.append(text)
+
+    stream = app.keys.partition("jobs", 0).stream
+    app.redis.xadd(stream, {"task": "echo", "payload": '{"text": "' + "x" * 100 + '"}'})
+    app.redis.xadd(stream, {"task": "echo", "payload": '{"text": "short"}'})
+    Worker(small, burst=True).run(install_signals=False)
+    assert ran == ["short"]
+    [record] = dead_letters(app, "jobs")
+    assert record[b"reason"] == b"payload_too_large"
+    assert b"64 bytes" in record[b"error"]
+
+
 def test_a_consumer_rejects_events_it_cannot_validate(app: TaskQ) -> None:
     seen: list[int] = []
 
