@@ -46,7 +46,10 @@ def supervise(count: int, argv: list[str]) -> int:
                 alive = True
                 continue
             if stopping or code == 0:
-                status = status or code
+                # A child stopped by the signal we passed on (before it could
+                # install its handlers) stopped as asked.
+                asked = code in (0, -signal.SIGTERM, -signal.SIGINT)
+                status = status or (0 if asked else code)
                 continue
             log.warning(
                 "Worker process %d exited with %d; starting another.", child.pid, code

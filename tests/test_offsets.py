@@ -49,16 +49,49 @@ def test_reset_to_a_time_delivers_exactly_what_came_after(events: Any) -> None:
     assert sorted(events.SEEN) == list(range(1, 11))
     events.SEEN.clear()
 
-    result = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", middle, "--yes")
+    result = cli(
+        "groups",
+        "reset",
+        APP,
+        "--group",
+        "audit",
+        "--topic",
+        "events",
+        "--to",
+        middle,
+        "--yes",
+    )
     assert result.exit_code == 0, result.output
     assert "5 entries will be delivered again, 0 skipped." in result.output
     Worker(app, burst=True, groups=["audit"]).run(install_signals=False)
     assert sorted(events.SEEN) == [6, 7, 8, 9, 10]
 
     events.SEEN.clear()
-    result = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "earliest", "--yes")
+    result = cli(
+        "groups",
+        "reset",
+        APP,
+        "--group",
+        "audit",
+        "--topic",
+        "events",
+        "--to",
+        "earliest",
+        "--yes",
+    )
     assert "10 entries will be delivered again" in result.output
-    result = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "latest", "--yes")
+    result = cli(
+        "groups",
+        "reset",
+        APP,
+        "--group",
+        "audit",
+        "--topic",
+        "events",
+        "--to",
+        "latest",
+        "--yes",
+    )
     assert "0 entries will be delivered again, 10 skipped." in result.output
     Worker(app, burst=True, groups=["audit"]).run(install_signals=False)
     assert events.SEEN == []
@@ -69,21 +102,74 @@ def test_reset_refuses_while_members_run(events: Any, running: Any) -> None:
     app.publish("events", 1)
     with running(Worker(app, groups=["audit"])) as worker:
         worker.keeper._heartbeat()
-        refused = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "earliest", "--yes")
+        refused = cli(
+            "groups",
+            "reset",
+            APP,
+            "--group",
+            "audit",
+            "--topic",
+            "events",
+            "--to",
+            "earliest",
+            "--yes",
+        )
         assert refused.exit_code == 1
         assert "live members" in refused.output and worker.id in refused.output
-        forced = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "earliest", "--yes", "--force")
+        forced = cli(
+            "groups",
+            "reset",
+            APP,
+            "--group",
+            "audit",
+            "--topic",
+            "events",
+            "--to",
+            "earliest",
+            "--yes",
+            "--force",
+        )
         assert forced.exit_code == 0, forced.output
 
 
 def test_bad_positions_are_clear_errors(events: Any) -> None:
     events.app.publish("events", 1)
     Worker(events.app, burst=True, groups=["audit"]).run(install_signals=False)
-    naive = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "2026-01-01T00:00:00")
+    naive = cli(
+        "groups",
+        "reset",
+        APP,
+        "--group",
+        "audit",
+        "--topic",
+        "events",
+        "--to",
+        "2026-01-01T00:00:00",
+    )
     assert naive.exit_code == 1 and "no time zone" in naive.output
-    nonsense = cli("groups", "reset", APP, "--group", "audit", "--topic", "events", "--to", "yesterday")
+    nonsense = cli(
+        "groups",
+        "reset",
+        APP,
+        "--group",
+        "audit",
+        "--topic",
+        "events",
+        "--to",
+        "yesterday",
+    )
     assert nonsense.exit_code == 1 and "not earliest, latest" in nonsense.output
-    unknown = cli("groups", "reset", APP, "--group", "nobody", "--topic", "events", "--to", "earliest")
+    unknown = cli(
+        "groups",
+        "reset",
+        APP,
+        "--group",
+        "nobody",
+        "--topic",
+        "events",
+        "--to",
+        "earliest",
+    )
     assert unknown.exit_code == 1 and "does not read" in unknown.output
 
 
@@ -98,13 +184,35 @@ def test_replay_a_time_range_into_a_new_group(events: Any) -> None:
     time.sleep(0.01)
     for n in range(6, 9):
         app.publish("events", n, key=n)
-    result = cli("groups", "replay", APP, "--topic", "events", "--group", "backfill", "--from", start, "--to", end)
+    result = cli(
+        "groups",
+        "replay",
+        APP,
+        "--topic",
+        "events",
+        "--group",
+        "backfill",
+        "--from",
+        start,
+        "--to",
+        end,
+    )
     assert result.exit_code == 0, result.output
     Worker(app, burst=True, groups=["backfill"]).run(install_signals=False)
     assert sorted(events.SEEN) == [-5, -4, -3, -2, -1]
     listed = cli("groups", "list", APP).output
     assert "events/backfill" in listed and "replay ends at" in listed
-    again = cli("groups", "replay", APP, "--topic", "events", "--group", "backfill", "--from", start)
+    again = cli(
+        "groups",
+        "replay",
+        APP,
+        "--topic",
+        "events",
+        "--group",
+        "backfill",
+        "--from",
+        start,
+    )
     assert again.exit_code == 1 and "already" in again.output
 
 

@@ -98,7 +98,9 @@ def test_per_key_order_while_workers_join_leave_and_die(
     killed = time.monotonic()
     # The dead worker's partitions pass to live ones once its lease (2 s)
     # runs out, plus at most one ownership pass.
-    wait_for(lambda: _owner_pids(ordered) and w3.pid not in _owner_pids(ordered), timeout=10)
+    wait_for(
+        lambda: _owner_pids(ordered) and w3.pid not in _owner_pids(ordered), timeout=10
+    )
     assert time.monotonic() - killed <= 2.0 * 1.25 + 0.5
     wait_for(
         lambda: len({(e["key"], e["seq"]) for e in _log(ordered)}) == 20 * total,

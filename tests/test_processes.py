@@ -69,3 +69,51 @@ def test_worker_py_at_the_root_runs_a_worker(redis_app: TaskQ, namespace: str) -
     )
     assert result.returncode == 0, result.stderr
     assert app.redis.hgetall(f"{namespace}:test:runs") == {b"1": b"1"}
+
+
+def test_processes_are_supervised(counter: Any, redis_url: str, namespace: str) -> None:
+    import os
+    import signal
+    import time
+
+    from tests.support import wait_for
+
+    app, record = counter.app, counter.record
+    record.send_many([{"key": f"k{n}", "n": n, "sleep": 0.01} for n in range(300)])
+    parent = worker_process("tests.apps.counter:app", redis_url, namespace, "-p", "2")
+    try:
+        wait_for(lambda: len(_children(parent.pid)) == 2, timeout=20)
+        first = _children(parent.pid)
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(
+            lambda: len(_children(parent.pid)) == 2 and _children(parent.pid) != first,
+            timeout=20,
+        )
+        wait_for(lambda: app.redis.hlen(counter.RUNS) == 300, timeout=60)
+        parent.send_signal(signal.SIGTERM)
+        output, _ = parent.communicate(timeout=30)
+        assert parent.returncode == 0, output.decode()
+        assert "starting another" in output.decode()
+        time.sleep(0.1)
+        assert _children(parent.pid) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(proc.name))
+    return sorted(found)

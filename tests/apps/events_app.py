@@ -7,7 +7,8 @@ import os
 from taskq import TaskQ
 
 app = TaskQ(
-    os.environ.get("TASKQ_URL"), namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq")
+    os.environ.get("TASKQ_URL"),
+    namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq"),
 )
 app.topic("events", partitions=2)
 SEEN: list[int] = []
