@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 from taskq.errors import ConfigurationError
 
@@ -112,6 +112,10 @@ class Cron:
             first = croniter(self._croniter_expr, datetime(2000, 1, 1)).get_next(
                 datetime
             )
+        except CroniterBadDateError:
+            raise ConfigurationError(
+                f"invalid cron expression {expression!r}: no date ever matches it"
+            ) from None
         except CroniterError as exc:
             raise ConfigurationError(
                 f"invalid cron expression {expression!r}: {exc}"
@@ -130,7 +134,12 @@ class Cron:
 
     def next_after(self, instant: datetime) -> datetime:
         """The first tick strictly after ``instant`` (an aware datetime),
-        as an aware datetime in the schedule's zone."""
+        as an aware UTC datetime.
+
+        UTC on purpose: Python compares two datetimes of the same zone by
+        their wall times, so 02:00 of the second pass through a repeated
+        hour would compare as earlier than 02:30 of the first.
+        """
         # Ticks fall on whole seconds, so one is after `instant` exactly
         # when it is after `instant` rounded down to the second.
         after = _utc(instant).replace(microsecond=0)
@@ -148,14 +157,14 @@ class Cron:
                 if self.fixed_time and self._repeated(wall, tick):
                     after = tick  # the first occurrence was the tick
                     continue
-                return tick.astimezone(self.tz)
+                return tick
             new_offset = self._offset(change)
             if self.fixed_time and new_offset > offset:
                 # The clocks jump at `change`: a fixed time they skip
                 # runs at the jump.
                 skipped = self._next_wall(change + offset - _SECOND)
                 if skipped < _naive(change + new_offset):
-                    return change.astimezone(self.tz)
+                    return change
             after, offset, stretch = change - _SECOND, new_offset, change
         raise ConfigurationError(
             f"cron expression {self.expression!r}: no tick found after "

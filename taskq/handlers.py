@@ -22,6 +22,7 @@ from taskq.signature import EventSignature, TaskSignature
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
+    from taskq.schedules import Periodic
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -114,6 +115,8 @@ class Task(Handler, Generic[P, R]):
                 f"task {name!r}: key must name a parameter or be a callable"
             )
         self.key = key
+        #: The schedule of a periodic job (``@app.periodic``), else None.
+        self.schedule: Periodic | None = None
         self._init_policy(
             retries=retries, backoff=backoff, timeout=timeout, lease=lease, ordered=ordered
         )

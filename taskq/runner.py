@@ -103,6 +103,9 @@ class Runner:
             max_attempts=handler.max_attempts,
             group=delivery.sub.group,
             worker=self.worker_id,
+            scheduled_at=wire.tick_of(delivery.fields),
+            missed=wire.int_field(delivery.fields, wire.MISSED),
+            entry_id=delivery.id.decode(),
         )
 
     def _call(self, handler: Handler, decoded: Any, context: Any) -> None:

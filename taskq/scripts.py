@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import redis
 from redis.commands.core import Script
 
-from taskq.keys import PartitionKeys
+from taskq.keys import DigestKeys, PartitionKeys, ScheduleKeys
 
 # A Redis client or a pipeline: both take script calls.
 Client = Any
@@ -84,6 +84,12 @@ class Scripts:
         self._append_capped = load("append_capped")
         self._trim = load("trim")
         self._forget_consumers = load("forget_consumers")
+        self._schedule_lock = load("schedule_lock")
+        self._schedule_commit = load("schedule_commit")
+        self._fire_tick = load("fire_tick")
+        self._digest_collect = load("digest_collect")
+        self._digest_seal = load("digest_seal")
+        self._digest_done = load("digest_done")
 
     def retry(
         self,
@@ -215,3 +221,121 @@ class Scripts:
             args.append(field)
             args.append(value)
         return self._append_capped(keys=[pk.stream], args=args, client=client)
+
+    # -- schedules ---------------------------------------------------------
+
+    def schedule_lock(
+        self, sk: ScheduleKeys, owner: str, ttl_ms: int, client: Client = None
+    ) -> bool:
+        """Take or renew a job's lock; False when another scheduler has it."""
+        taken = self._schedule_lock(
+            keys=[sk.lock], args=[owner, max(1, int(ttl_ms))], client=client
+        )
+        return bool(taken)
+
+    def schedule_commit(
+        self,
+        sk: ScheduleKeys,
+        owner: str,
+        tick_ms: int | None,
+        *,
+        release: bool = True,
+        client: Client = None,
+    ) -> int | None:
+        """Move a job's last tick forward to ``tick_ms`` (never back) and
+        release the owner's lock; returns the recorded last tick."""
+        last = self._schedule_commit(
+            keys=[sk.last, sk.lock],
+            args=[-1 if tick_ms is None else int(tick_ms), owner, 1 if release else 0],
+            client=client,
+        )
+        return None if last is None else int(last)
+
+    def fire_tick(
+        self,
+        pk: PartitionKeys,
+        job: str,
+        tick_ms: int,
+        fields: dict[bytes, bytes],
+        client: Client = None,
+    ) -> bytes | None:
+        """Write a periodic job's run for a tick, once; None if written
+        before."""
+        args: list[Any] = [int(tick_ms)]
+        for field, value in fields.items():
+            args.append(field)
+            args.append(value)
+        result = self._fire_tick(
+            keys=[pk.stream, pk.fired(job)], args=args, client=client
+        )
+        return result or None
+
+    # -- digests -----------------------------------------------------------
+
+    def digest_collect(
+        self,
+        pk: PartitionKeys,
+        dk: DigestKeys,
+        group: str,
+        entry_id: str,
+        consumer: str,
+        origin: str,
+        clock_ms: int,
+        key: str,
+        payload: bytes,
+        client: Client = None,
+    ) -> int:
+        """Store an event in the digest: 1 collected, 0 collected before,
+        -1 not this consumer's entry any more."""
+        return int(
+            self._digest_collect(
+                keys=[pk.stream, dk.meta, dk.keys, dk.open, dk.items],
+                args=[group, entry_id, consumer, origin, int(clock_ms), key, payload],
+                client=client,
+            )
+        )
+
+    def digest_seal(
+        self,
+        pk: PartitionKeys,
+        dk: DigestKeys,
+        *,
+        tick_ms: int,
+        max_events: int,
+        budget: int,
+        group: str,
+        missed: int,
+        prefix: bytes,
+        client: Client = None,
+    ) -> tuple[bool, int, int]:
+        """One step of closing a window: ``(done, batches, events)``."""
+        done, batches, events = self._digest_seal(
+            keys=[pk.stream, dk.meta, dk.keys, dk.open, dk.items, dk.sealed],
+            args=[
+                int(tick_ms),
+                int(max_events),
+                int(budget),
+                group,
+                int(missed),
+                prefix,
+            ],
+            client=client,
+        )
+        return bool(done), int(batches), int(events)
+
+    def digest_done(
+        self,
+        pk: PartitionKeys,
+        dk: DigestKeys,
+        group: str,
+        batch: str,
+        client: Client = None,
+    ) -> int:
+        """Remove a finished batch's events; returns how many."""
+        return int(
+            self._digest_done(
+                keys=[pk.stream, dk.items, dk.sealed],
+                args=[group, batch],
+                client=client,
+            )
+        )

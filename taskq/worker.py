@@ -37,6 +37,7 @@ from taskq.delivery import Delivery, Outcome, Settle, Subscription
 from taskq.keeper import Keeper
 from taskq.keys import PartitionKeys
 from taskq.runner import Runner
+from taskq.scheduler import Scheduler
 from taskq.scripts import Scripts, chunks, pack_message
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ class Worker:
     ``groups`` and ``topics`` narrow what this worker serves (default: every
     task and consumer of the app). ``prefetch`` is how many entries it may
     hold beyond those running. ``burst`` makes it exit once everything it
-    reads is drained.
+    reads is drained. ``beat`` runs a scheduler (periodic jobs, digest
+    windows) in a thread of the worker.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class Worker:
         block_ms: int | None = None,
         read_batch: int = defaults.READ_BATCH,
         worker_id: str | None = None,
+        beat: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -113,6 +116,7 @@ class Worker:
         self._settled_all = threading.Event()
         self._threads: list[threading.Thread] = []
         self.keeper = Keeper(self)
+        self.scheduler = Scheduler(app) if beat else None
         self.started = threading.Event()
         self.stats = collections.Counter[str]()
 
@@ -165,6 +169,8 @@ class Worker:
             self._spawn(f"taskq-handler-{n}", self._work_loop)
         self._spawn("taskq-settler", self._settle_loop)
         self._spawn("taskq-keeper", self.keeper.loop)
+        if self.scheduler is not None:
+            self.scheduler.start()
         log.info(
             "Worker %s started: %s; concurrency %d, lease %g s.",
             self.id,
@@ -462,6 +468,8 @@ class Worker:
 
     def _shutdown(self) -> None:
         self._stopping.set()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.unblock_readers()
         for thread in self._threads:
             if thread.name.startswith("taskq-reader"):

@@ -87,9 +87,11 @@ def main() -> None:
 
 
 def register_commands() -> None:
-    from taskq.cli import demo, ops, worker
+    from taskq.cli import demo, ops, schedule, worker
 
     main.add_command(worker.worker)
+    main.add_command(schedule.beat)
+    main.add_command(schedule.schedule)
     main.add_command(ops.send)
     main.add_command(ops.stats)
     main.add_command(ops.dlq)
