@@ -17,6 +17,7 @@ import pytest
 
 from taskq import TaskQ
 from taskq.digest import window_sizes
+from taskq.partitioning import partition_for
 from taskq.scheduler import Scheduler
 from tests.scheduling import ticks
 from tests.support import ROOT, wait_for, worker_process
@@ -267,3 +268,25 @@ def test_no_event_is_lost_when_every_worker_stops(
     assert [(c["key"], c["texts"]) for c in calls(module) if c["done"]] == [
         ("u3", ["e1", "e2"])
     ]
+
+
+def test_a_worker_with_beat_sends_and_runs_periodic_jobs(
+    make_app: Any, redis_url: str, namespace: str
+) -> None:
+    app = make_app(redis_url, namespace=namespace)
+
+    @app.periodic("* * * * * *")
+    def every_second() -> None: ...
+
+    worker = worker_process("tests.apps.beat_app:app", redis_url, namespace, "--beat")
+    try:
+        wait_for(lambda: len(ticks(app, "every_second")) >= 3, timeout=15, what="runs")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, output.decode()
+    assert "Scheduler" in output.decode() and "started" in output.decode()
+    stream = app.keys.partition("default", partition_for("every_second", 4)).stream
+    groups = {g["name"]: g for g in app.redis.xinfo_groups(stream)}
+    assert groups[b"tasks"]["pending"] == 0
+    assert groups[b"tasks"]["last-delivered-id"] != b"0-0"

@@ -69,7 +69,7 @@ def schedule_list(app: str) -> None:
                 cron.tz_name,
                 item.catchup,
                 last.astimezone(cron.tz).isoformat() if last else "-",
-                upcoming.isoformat(),
+                upcoming.astimezone(cron.tz).isoformat(),
                 window,
             ]
         )
@@ -103,8 +103,11 @@ def schedule_run(app: str, job: str, tick: str | None) -> None:
     if tick is not None:
         try:
             when = datetime.fromisoformat(tick.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--tick") from None
+        except ValueError:
+            raise click.BadParameter(
+                f"{tick!r} is not an ISO 8601 time such as 2026-12-08T08:00+01:00",
+                param_hint="--tick",
+            ) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=item.cron.tz)
     if when > now:
