@@ -220,7 +220,11 @@ class Scheduler:
             # so it is ahead of the last-tick record when a scheduler died
             # between the two.
             pk = self._job_partition(schedule)
-            recorded, fired = client.mget([keys.last, pk.fired(schedule.name)])
+            # Two slots: two commands (one MGET would fail in a cluster).
+            pipe = client.pipeline(transaction=False)
+            pipe.get(keys.last)
+            pipe.get(pk.fired(schedule.name))
+            recorded, fired = pipe.execute()
             values = [int(v) for v in (recorded, fired) if v is not None]
             return from_ms(max(values)) if values else None
         recorded = client.get(keys.last)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from taskq import ConfigurationError, Context, TaskQ, Worker, defaults
+from taskq import ConfigurationError, Context, TaskQ, Worker, deadletters, defaults
 from taskq.clock import ManualClock
 from taskq.cron import to_ms
 from taskq.digest import Digest, close, window_sizes
@@ -213,6 +213,20 @@ def test_a_batch_that_fails_every_attempt_is_dead_lettered_whole(
         ["d"],
     ]
     assert window_sizes(app, fragile) == (0, 0)
+
+    # Replaying the dead batch hands over the same events again.
+    [ref] = [
+        letter.ref
+        for letter in deadletters.iterate(app, "notifications")
+        if letter.record[b"message:tick"] == first[b"message:tick"]
+    ]
+    deadletters.replay(app, deadletters.find(app, ref))  # type: ignore[arg-type]
+    with running(Worker(app, concurrency=2)):
+        until(lambda: len(dead_letters(app)) == 2 and len(calls.attempts("u1")) == 6)
+    assert [texts for texts, _, _ in calls.attempts("u1")[4:]] == [
+        ["a", "b"],
+        ["a", "b"],
+    ]
 
 
 def dead_letters(app: TaskQ) -> list[dict[bytes, bytes]]:
@@ -462,3 +476,21 @@ def test_bad_digests_are_rejected_when_decorated(app: TaskQ) -> None:
 
         @app.digest("n", key="user_id", cron="0 8 * * *", max_events=0)
         def none(user_id: str, events: list[Note]) -> None: ...
+
+
+def test_an_async_digest(app: TaskQ, running: Any, until: Any) -> None:
+    clock = ManualClock(utc("2026-12-07T09:00Z"))
+    app.clock = clock
+    got: list[tuple[str, list[str]]] = []
+
+    @app.digest("notifications", key="user_id", cron="0 8 * * *")
+    async def gentle(user_id: str, events: list[Note]) -> None:
+        got.append((user_id, [e.text for e in events]))
+
+    scheduler = Scheduler(app)
+    scheduler.run_pending()
+    with running(Worker(app)):
+        publish(app, clock, utc("2026-12-07T10:00Z"), "u1", "hi", until, gentle)
+        clock.set(utc("2026-12-08T08:00Z"))
+        scheduler.run_pending()
+        until(lambda: got == [("u1", ["hi"])])
