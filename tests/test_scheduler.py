@@ -338,3 +338,48 @@ def check_runs(
     # One log record per run, plus one per job when it first registers.
     records = [r for r in caplog.records if r.name.startswith("taskq.scheduler")]
     assert len(records) <= total + len(runs)
+
+
+@pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
+def test_dst_in_new_york_through_the_scheduler(app: TaskQ) -> None:
+    clock = ManualClock(datetime.fromisoformat("2026-03-07T00:00-05:00"))
+    app.clock = clock
+    jobs = {
+        "fixed_gap": "30 2 * * *",
+        "fixed_fold": "30 1 * * *",
+        "hourly": "0 * * * *",
+        "half_hourly": "*/30 * * * *",
+    }
+    for name, expression in jobs.items():
+        app.periodic(expression, tz="America/New_York", name=name)(lambda: None)
+    scheduler = Scheduler(app)
+    new_york = ZoneInfo("America/New_York")
+
+    def on(day: str, name: str) -> list[datetime]:
+        return [
+            t
+            for t in ticks(app, name)
+            if t.astimezone(new_york).date().isoformat() == day
+        ]
+
+    # Spring: 2026-03-08, 02:00 EST -> 03:00 EDT at 07:00Z.
+    walk(clock, scheduler, datetime.fromisoformat("2026-03-10T00:00-04:00"))
+    assert hhmm(ticks(app, "fixed_gap")) == [
+        "03-07 07:30Z",
+        "03-08 07:00Z",
+        "03-09 06:30Z",
+    ]
+    assert len(on("2026-03-08", "hourly")) == 23
+    assert len(on("2026-03-08", "half_hourly")) == 46
+    # Autumn: 2026-11-01, 02:00 EDT -> 01:00 EST at 06:00Z.
+    autumn_start = datetime.fromisoformat("2026-10-31T00:00-04:00")
+    clock.set(autumn_start)
+    scheduler = Scheduler(app)  # skipping the summer: one catch-up run each
+    walk(clock, scheduler, datetime.fromisoformat("2026-11-03T00:00-05:00"))
+    autumn = [t for t in ticks(app, "fixed_fold") if t >= autumn_start]
+    assert hhmm(autumn) == ["10-31 05:30Z", "11-01 05:30Z", "11-02 06:30Z"]
+    assert len(on("2026-11-01", "hourly")) == 25
+    assert len(on("2026-11-01", "half_hourly")) == 50
+    for name in jobs:
+        runs = ticks(app, name)
+        assert runs == sorted(set(runs))
