@@ -301,6 +301,19 @@ class Digest(Consumer):
         kwargs = {self.user_context_param: context} if self.user_context_param else {}
         return key, events, kwargs
 
+    def abandon(self, partition: int, fields: dict[bytes, bytes]) -> None:
+        # A batch whose last attempt died with its worker goes to the dead
+        # letters without running: its events leave the digest now.
+        payload = fields.get(wire.PAYLOAD, b"")
+        if not payload.startswith(BATCH_PREFIX):
+            return
+        try:
+            self._remove(self._decode_batch(payload), partition)
+        except Exception:
+            log.exception(
+                "Could not remove the events of a dead batch of %s.", self.name
+            )
+
     def _failed(self, batch: _Batch, context: Context) -> None:
         # After the last attempt the runner dead-letters the entry, which
         # carries the events; they leave the digest now.
@@ -308,7 +321,10 @@ class Digest(Consumer):
             self._done(batch, context)
 
     def _done(self, batch: _Batch, context: Context) -> None:
-        pk = self.app.keys.partition(self.topic, context.partition)
+        self._remove(batch, context.partition)
+
+    def _remove(self, batch: _Batch, partition: int) -> None:
+        pk = self.app.keys.partition(self.topic, partition)
         for attempt in range(1, _DONE_ATTEMPTS + 1):
             try:
                 self.app.scripts.digest_done(

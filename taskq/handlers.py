@@ -77,6 +77,10 @@ class Handler:
         """Run the function on a decoded payload; may return a coroutine."""
         raise NotImplementedError
 
+    def abandon(self, partition: int, fields: dict[bytes, bytes]) -> None:
+        """Called when a message is dead-lettered without running again
+        (its worker died during the last attempt). Must not raise."""
+
 
 class Task(Handler, Generic[P, R]):
     """A function that runs on a worker when a message is sent to it.

@@ -49,6 +49,7 @@ class Runner:
         if attempt > handler.max_attempts:
             # Only redeliveries push the count past the limit: the worker
             # that ran the last allowed attempt died while running it.
+            handler.abandon(delivery.pk.partition, fields)
             return self._dead(
                 delivery,
                 "worker_lost",

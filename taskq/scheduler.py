@@ -19,7 +19,9 @@ nothing twice.
 
 A schedule with no record in Redis (first deployment, or its data was
 flushed) starts at its latest tick: nothing before it is caught up, so a
-flush never causes a burst.
+flush never causes a burst. A scheduler that was running when the record
+went away goes on from the last tick it saw, so the flush loses no tick
+either.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from taskq.clock import Clock
 from taskq.connection import CONNECTION_ERRORS, Outage
 from taskq.cron import from_ms, to_ms
 from taskq.digest import DigestSchedule, close
-from taskq.errors import ConfigurationError
+from taskq.errors import ConfigurationError, TaskqError
 from taskq.keys import PartitionKeys, ScheduleKeys
 from taskq.partitioning import partition_for
 from taskq.schedules import Periodic, Run, Schedule, plan
@@ -297,7 +299,7 @@ class Scheduler:
         while not self.scripts.schedule_lock(keys, self.id, self.lock_ms):
             if time.monotonic() >= deadline:
                 holder = self.client.get(keys.lock)
-                raise ConfigurationError(
+                raise TaskqError(
                     f"{name!r} is being run by scheduler {holder!r}; try again"
                 )
             time.sleep(LOCK_RETRY_S)

@@ -494,3 +494,33 @@ def test_an_async_digest(app: TaskQ, running: Any, until: Any) -> None:
         clock.set(utc("2026-12-08T08:00Z"))
         scheduler.run_pending()
         until(lambda: got == [("u1", ["hi"])])
+
+
+def test_a_batch_whose_worker_died_on_its_last_attempt_leaves_nothing_behind(
+    app: TaskQ, running: Any, until: Any
+) -> None:
+    clock = ManualClock(utc("2026-12-07T09:00Z"))
+    app.clock = clock
+    app.topic("notifications", partitions=1)
+    ran: list[str] = []
+
+    @app.digest("notifications", key="user_id", cron="0 8 * * *", retries=0, lease=0.5)
+    def once_only(user_id: str, events: list[Note]) -> None:
+        ran.append(user_id)
+
+    scheduler = Scheduler(app)
+    scheduler.run_pending()
+    with running(Worker(app)):
+        publish(app, clock, utc("2026-12-07T10:00Z"), "u1", "x", until, once_only)
+    clock.set(utc("2026-12-08T08:00Z"))
+    scheduler.run_pending()
+    # A worker takes the batch and dies while running its only attempt.
+    stream = app.keys.partition("notifications", 0).stream
+    app.redis.xreadgroup("once_only", "ghost", {stream: ">"})
+    with running(Worker(app)):
+        until(lambda: len(dead_letters(app)) == 1, timeout=10)
+        until(lambda: window_sizes(app, once_only) == (0, 0))
+    [letter] = dead_letters(app)
+    assert letter[b"reason"] == b"worker_lost"
+    assert b'"text":"x"' in letter[b"message:payload"]
+    assert ran == []
