@@ -250,13 +250,15 @@ class Scheduler:
                 tick_ms,
                 schedule.fields(run.tick, run.missed),
             )
-            if entry is not None:
+            if entry is not None and run.missed:
                 log.info(
-                    "Sent %s for %s%s.",
+                    "Sent %s for %s, standing for %d missed tick(s).",
                     schedule.name,
                     local,
-                    f" (standing for {run.missed} missed ticks)" if run.missed else "",
+                    run.missed,
                 )
+            elif entry is not None:
+                log.info("Sent %s for %s.", schedule.name, local)
             return Fired(schedule.name, run.tick, run.missed, entry is not None)
         assert isinstance(schedule, DigestSchedule)
         keys = self.app.keys.schedule(schedule.name)
@@ -271,12 +273,12 @@ class Scheduler:
         )
         if batches:
             log.info(
-                "Closed %s for %s: %d event(s) in %d batch(es)%s.",
+                "Closed %s for %s: %d event(s) in %d batch(es); missed ticks: %d.",
                 schedule.name,
                 local,
                 events,
                 batches,
-                f" (standing for {run.missed} missed ticks)" if run.missed else "",
+                run.missed,
             )
         return Fired(schedule.name, run.tick, run.missed, True, batches, events)
 

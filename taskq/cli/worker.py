@@ -25,7 +25,11 @@ def _split(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--lease", type=click.FloatRange(min=0.1), default=defaults.LEASE_S, show_default=True, help="Seconds a silent worker keeps its entries before others take them (tasks may set their own).")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=defaults.SHUTDOWN_TIMEOUT_S, show_default=True, help="Seconds to let running tasks finish after SIGTERM.")
 @click.option("--burst", is_flag=True, help="Exit once every partition read is drained.")
-@click.option("--beat", is_flag=True, help="Also run a scheduler: periodic jobs and digest windows (any number of workers may).")
+@click.option(
+    "--beat",
+    is_flag=True,
+    help="Also run a scheduler: periodic jobs and digest windows (any number may).",
+)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 @click.option("--log-config", type=click.Path(exists=True, dir_okay=False), help="A JSON logging.config.dictConfig file (replaces --log-level).")
 def worker(
