@@ -67,7 +67,9 @@ class Fired:
     name: str
     tick: datetime
     missed: int
-    #: False when the tick had run before (by another scheduler, say).
+    #: False when nothing was done because the tick had run before (by
+    #: another scheduler, say). A digest close that finds its window closed
+    #: already reports True with no batches.
     written: bool
     #: Digests: batches written and the events in them.
     batches: int = 0
