@@ -12,13 +12,17 @@ from typing import Any, ParamSpec, TypeVar, overload
 from redis import Redis
 
 from taskq import defaults
+from taskq.clock import Clock, SystemClock
 from taskq.connection import connect, redact, translate_errors
+from taskq.cron import Cron
+from taskq.digest import Digest, DigestKeyOption
 from taskq.errors import ConfigurationError, TopicMismatchError
 from taskq.handlers import Consumer, Handler, KeyOption, Task
 from taskq.keys import Keys, check_name
 from taskq.partitioning import RoundRobin
 from taskq.producer import Producer
 from taskq.retry import BackoffOption
+from taskq.schedules import Catchup, Periodic, Schedule
 from taskq.scripts import Scripts
 
 log = logging.getLogger("taskq.app")
@@ -43,7 +47,9 @@ class TaskQ:
     ``url`` is the Redis to use; without it, the ``TASKQ_URL`` environment
     variable, then ``redis://localhost:6379/0``. ``memory://`` runs an
     in-process Redis, for demos and tests. Every key taskq writes starts
-    with ``namespace``.
+    with ``namespace``. ``clock`` is what schedules and digests read the
+    time from (default: the system clock); tests pass a
+    :class:`taskq.clock.ManualClock`.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class TaskQ:
         max_payload_bytes: int = defaults.MAX_PAYLOAD_BYTES,
         dead_letter_max_len: int = 0,
         socket_timeout: float = defaults.SOCKET_TIMEOUT_S,
+        clock: Clock | None = None,
     ) -> None:
         self.url = url or os.environ.get(defaults.URL_ENV) or defaults.REDIS_URL
         self.keys = Keys(namespace)
@@ -74,6 +81,9 @@ class TaskQ:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.consumers: dict[tuple[str, str], Consumer] = {}
         self.topics: dict[str, TopicConfig] = {}
+        #: Periodic jobs and digests by name.
+        self.schedules: dict[str, Schedule] = {}
+        self.clock: Clock = clock or SystemClock()
         self._partitions: dict[str, int] = {}
         self._round_robins: dict[str, RoundRobin] = {}
         self._client: Redis | None = None
@@ -310,6 +320,135 @@ class TaskQ:
                     "already; each group has one handler per topic"
                 )
             self.consumers[(topic, group_name)] = handler
+            return handler
+
+        return register
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        tz: str | None = None,
+        catchup: Catchup = "latest",
+        max_catchup: int = defaults.MAX_CATCHUP,
+        name: str | None = None,
+        topic: str | None = None,
+        retries: int = defaults.RETRIES,
+        backoff: BackoffOption = None,
+        timeout: float | None = None,
+        lease: float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a periodic job: a task a scheduler sends at every tick
+        of ``cron`` (5 fields, or 6 with seconds first) in time zone
+        ``tz`` (an IANA name; default UTC).
+
+        ``catchup`` says what runs of the ticks missed while no scheduler
+        ran: ``latest`` (the newest of them, once; ``Context.missed`` says
+        how many it stands for), ``all`` (each, up to ``max_catchup``) or
+        ``skip``. The other options are those of :meth:`task`.
+        """
+        if callable(cron):
+            raise ConfigurationError(
+                "@app.periodic needs a cron expression: @app.periodic('0 * * * *')"
+            )
+        schedule_cron = Cron(cron, tz)
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            job_name: str = name or str(getattr(f, "__name__", ""))
+            check_name("periodic job", job_name)
+            if job_name in self.schedules:
+                raise ConfigurationError(
+                    f"a periodic job or digest named {job_name!r} exists already"
+                )
+            task = self.task(
+                name=job_name,
+                topic=topic,
+                key=lambda arguments: job_name,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                lease=lease,
+            )(f)
+            try:
+                job = Periodic(
+                    task, schedule_cron, catchup=catchup, max_catchup=max_catchup
+                )
+            except ConfigurationError:
+                del self.tasks[job_name]
+                raise
+            task.schedule = job
+            self.schedules[job_name] = job
+            return task
+
+        return register
+
+    def digest(
+        self,
+        topic: str,
+        *,
+        key: DigestKeyOption,
+        cron: str,
+        tz: str | None = None,
+        catchup: Catchup = "latest",
+        max_catchup: int = defaults.MAX_CATCHUP,
+        max_events: int = defaults.DIGEST_MAX_EVENTS,
+        name: str | None = None,
+        retries: int = defaults.RETRIES,
+        backoff: BackoffOption = None,
+        timeout: float | None = None,
+        lease: float | None = None,
+        ordered: bool = False,
+    ) -> Callable[[Callable[..., Any]], Digest]:
+        """Register a digest of ``topic``'s events, grouped by ``key`` (a
+        field of the event, or a callable of it).
+
+        The handler takes ``(key, events)``, with ``events`` annotated as
+        ``list[EventType]``, plus optionally a Context. At each tick of
+        ``cron`` in ``tz``, it is called once for each key that has events
+        collected since the previous tick, with at most ``max_events`` of
+        them per call. ``catchup`` is as for :meth:`periodic`; the events
+        of a tick that is not run stay for the next one. The digest is a
+        consumer group of the topic named after the function (or
+        ``name``), which workers serve; the other options are those of
+        :meth:`consumer`.
+        """
+        if callable(topic):
+            raise ConfigurationError(
+                "@app.digest needs the topic: @app.digest('events', key=..., cron=...)"
+            )
+        check_name("topic", topic)
+        schedule_cron = Cron(cron, tz)
+
+        def register(f: Callable[..., Any]) -> Digest:
+            digest_name: str = name or str(getattr(f, "__name__", ""))
+            check_name("digest", digest_name)
+            if digest_name in self.schedules:
+                raise ConfigurationError(
+                    f"a periodic job or digest named {digest_name!r} exists already"
+                )
+            if digest_name == self.task_group or (topic, digest_name) in self.consumers:
+                raise ConfigurationError(
+                    f"digest {digest_name!r}: topic {topic!r} has a consumer group "
+                    "of that name already; pass name=... to the digest"
+                )
+            handler = Digest(
+                self,
+                f,
+                name=digest_name,
+                topic=topic,
+                key=key,
+                cron=schedule_cron,
+                catchup=catchup,
+                max_catchup=max_catchup,
+                max_events=max_events,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                lease=lease,
+                ordered=ordered,
+            )
+            self.consumers[(topic, digest_name)] = handler
+            self.schedules[digest_name] = handler.schedule
             return handler
 
         return register

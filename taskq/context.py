@@ -30,6 +30,11 @@ class Context:
     worker: str
     #: The cron tick a periodic job or digest runs for, else ``None``.
     scheduled_at: datetime | None = None
-    #: Ticks of a periodic job that were missed and coalesced into this run
-    #: (``catchup="latest"``), counting this one; 0 for a run on time.
+    #: Ticks this run stands for that did not run on time: with
+    #: ``catchup="latest"`` the missed ticks coalesced into it, counting
+    #: its own; 1 for a late run with ``catchup="all"``; 0 for a run on
+    #: time.
     missed: int = 0
+    #: The stream entry id of this copy of the message. Unlike
+    #: ``message_id`` it changes when a retry writes a new copy.
+    entry_id: str = ""

@@ -53,3 +53,27 @@ RECONNECT_MAX_S = 5.0
 #: for a reply to a command (blocking reads add their block time).
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 5.0
+
+#: How long a scheduler keeps a job's lock without renewing it, in
+#: seconds: a stopped or stalled scheduler is replaced after this long.
+SCHEDULE_LOCK_S = 5.0
+
+#: A tick is missed (and handled by the job's catch-up policy) when no
+#: scheduler ran it within this many seconds after its instant.
+CATCHUP_GRACE_S = 30.0
+
+#: Most missed ticks ``catchup="all"`` runs after downtime (the latest).
+MAX_CATCHUP = 100
+
+#: Missed ticks are counted up to this many (``Context.missed``).
+MISSED_COUNT_MAX = 10_000
+
+#: Longest a scheduler sleeps between two looks at its jobs, in seconds.
+SCHEDULER_POLL_S = 1.0
+
+#: Events a digest hands to one handler call at most.
+DIGEST_MAX_EVENTS = 500
+
+#: Events one step of closing a digest window moves at most (each step is
+#: one Lua call, so Redis is never blocked for long).
+DIGEST_SEAL_BUDGET = 2000

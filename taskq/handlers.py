@@ -22,6 +22,7 @@ from taskq.signature import EventSignature, TaskSignature
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
+    from taskq.schedules import Periodic
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -78,6 +79,10 @@ class Handler:
         """Run the function on a decoded payload; may return a coroutine."""
         raise NotImplementedError
 
+    def abandon(self, partition: int, fields: dict[bytes, bytes]) -> None:
+        """Called when a message is dead-lettered without running again
+        (its worker died during the last attempt). Must not raise."""
+
 
 class Task(Handler, Generic[P, R]):
     """A function that runs on a worker when a message is sent to it.
@@ -116,6 +121,8 @@ class Task(Handler, Generic[P, R]):
                 f"task {name!r}: key must name a parameter or be a callable"
             )
         self.key = key
+        #: The schedule of a periodic job (``@app.periodic``), else None.
+        self.schedule: Periodic | None = None
         self._init_policy(
             retries=retries,
             backoff=backoff,

@@ -55,9 +55,40 @@ class PartitionKeys:
         """Counter that hands out a new fencing token with every lease."""
         return f"{self.prefix}:fence:{group}"
 
-    def digest(self, name: str) -> str:
-        """Prefix of the keys a digest keeps in this partition."""
-        return f"{self.prefix}:digest:{name}"
+    def fired(self, job: str) -> str:
+        """String: the last tick (ms) of periodic job ``job`` whose run was
+        written to this partition; makes writing a tick's run idempotent."""
+        return f"{self.prefix}:fired:{job}"
+
+    def digest(self, name: str) -> DigestKeys:
+        """The keys digest ``name`` keeps in this partition."""
+        return _digest_keys(self.prefix, name)
+
+
+@dataclass(frozen=True, slots=True)
+class DigestKeys:
+    """What a digest keeps in one partition; all share its hash tag.
+
+    Events are collected here as they arrive and stay until the batch that
+    hands them to the handler succeeded or was dead-lettered.
+    """
+
+    #: Hash: ``sealed`` (the last tick whose window is closed, ms),
+    #: ``sealing`` (the tick being closed), ``stamp`` (the latest collection
+    #: time, ms), and the counters ``seq`` and ``batch``.
+    meta: str
+    #: Sorted set: key -> collection time of its oldest open event (ms).
+    keys: str
+    #: Sorted set (all scores 0, ordered by member): one member per open
+    #: event, ``<len>:<key><seq, 16 digits><origin>``: per key, in arrival
+    #: order.
+    open: str
+    #: Hash: origin message id -> ``<stamp> <entry id> <payload>``, for
+    #: every event collected and not yet done.
+    items: str
+    #: Sorted set (all scores 0): ``<batch, 12 digits><origin>`` for every
+    #: event handed to a batch that has not finished.
+    sealed: str
 
 
 class Keys:
@@ -95,12 +126,37 @@ class Keys:
     def partition(self, topic: str, partition: int) -> PartitionKeys:
         return _partition_keys(self.namespace, topic, partition)
 
-    def schedule(self, job: str) -> str:
-        """Prefix of the keys of one periodic job or digest schedule.
+    def schedule(self, job: str) -> ScheduleKeys:
+        """The keys of one periodic job or digest schedule.
 
         A job's keys share the hash tag ``{schedule:job}``.
         """
-        return f"{self.namespace}:{{schedule:{job}}}"
+        prefix = f"{self.namespace}:{{schedule:{job}}}"
+        return ScheduleKeys(last=f"{prefix}:last", lock=f"{prefix}:lock")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleKeys:
+    """The keys of one periodic job or digest, tagged ``{schedule:job}``."""
+
+    #: String: the last tick done (ms since the epoch). Never expires: it
+    #: is what a restarted scheduler catches up from.
+    last: str
+    #: String: id of the scheduler handling the job right now; expires
+    #: after a few seconds, so a stopped scheduler is replaced.
+    lock: str
+
+
+@lru_cache(maxsize=4096)
+def _digest_keys(prefix: str, name: str) -> DigestKeys:
+    base = f"{prefix}:digest:{name}"
+    return DigestKeys(
+        meta=f"{base}:meta",
+        keys=f"{base}:keys",
+        open=f"{base}:open",
+        items=f"{base}:items",
+        sealed=f"{base}:sealed",
+    )
 
 
 @lru_cache(maxsize=4096)

@@ -15,6 +15,10 @@ field              meaning
 ``first_attempt``  when attempt 1 started, ms since the epoch (retries)
 ``origin``         the message id ``send`` returned, on copies whose entry
                    id differs from it (retries, hand-backs, delayed sends)
+``tick``           the cron tick a periodic run or digest batch is for, ms
+                   since the epoch
+``missed``         how many ticks the run stands for that did not run on
+                   time (catch-up after downtime); absent when 0
 =================  ==========================================================
 
 A message id names an entry across the topic: ``TOPIC:PARTITION:ENTRY_ID``
@@ -27,6 +31,7 @@ ignored, so newer producers may add fields without breaking older workers.
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 
 TASK = b"task"
 PAYLOAD = b"payload"
@@ -35,6 +40,8 @@ ATTEMPT = b"attempt"
 GROUP = b"group"
 FIRST_ATTEMPT = b"first_attempt"
 ORIGIN = b"origin"
+TICK = b"tick"
+MISSED = b"missed"
 
 Fields = dict[bytes, bytes]
 
@@ -52,6 +59,21 @@ def attempt_of(fields: Fields, deliveries: int) -> int:
         with contextlib.suppress(ValueError):
             copy_attempt = max(1, int(raw))
     return copy_attempt + max(1, deliveries) - 1
+
+
+def int_field(fields: Fields, name: bytes, default: int = 0) -> int:
+    """A whole-number field; ``default`` when absent or not a number."""
+    raw = fields.get(name)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        return default
+
+
+def tick_of(fields: Fields) -> datetime | None:
+    """The cron tick an entry runs for, as an aware UTC datetime."""
+    ms = int_field(fields, TICK, -1)
+    return None if ms < 0 else datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def message_id(topic: str, partition: int, entry_id: bytes | str) -> str:

@@ -52,6 +52,7 @@ class Runner:
         if attempt > handler.max_attempts:
             # Only redeliveries push the count past the limit: the worker
             # that ran the last allowed attempt died while running it.
+            handler.abandon(delivery.pk.partition, fields)
             return self._dead(
                 delivery,
                 "worker_lost",
@@ -117,6 +118,9 @@ class Runner:
             max_attempts=handler.max_attempts,
             group=delivery.sub.group,
             worker=self.worker_id,
+            scheduled_at=wire.tick_of(delivery.fields),
+            missed=wire.int_field(delivery.fields, wire.MISSED),
+            entry_id=delivery.id.decode(),
         )
 
     def _call(self, handler: Handler, decoded: Any, context: Any) -> None:

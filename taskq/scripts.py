@@ -16,7 +16,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from taskq.keys import PartitionKeys
+from taskq.keys import DigestKeys, PartitionKeys, ScheduleKeys
 
 # A Redis client or a pipeline: both take script calls.
 Client = Any
@@ -101,7 +101,19 @@ class Scripts:
         self._disown = load("disown")
         self._ack_fenced = load("ack_fenced")
         self._retry_in_place = load("retry_in_place")
+        self._schedule_lock = load("schedule_lock")
+        self._schedule_commit = load("schedule_commit")
+        self._fire_tick = load("fire_tick")
+        self._digest_collect = load("digest_collect")
+        self._digest_seal = load("digest_seal")
+        self._digest_done = load("digest_done")
         self._all = [
+            self._schedule_lock,
+            self._schedule_commit,
+            self._fire_tick,
+            self._digest_collect,
+            self._digest_seal,
+            self._digest_done,
             self._own,
             self._disown,
             self._ack_fenced,
@@ -358,4 +370,124 @@ class Scripts:
             [pk.stream, pk.owner(group)],
             [group, consumer, owner, entry_id, next_attempt],
             client,
+        )
+
+    # -- schedules ---------------------------------------------------------
+
+    def schedule_lock(
+        self, sk: ScheduleKeys, owner: str, ttl_ms: int, client: Client = None
+    ) -> bool:
+        """Take or renew a job's lock; False when another scheduler has it."""
+        taken = self._call(
+            self._schedule_lock, [sk.lock], [owner, max(1, int(ttl_ms))], client
+        )
+        return bool(taken)
+
+    def schedule_commit(
+        self,
+        sk: ScheduleKeys,
+        owner: str,
+        tick_ms: int | None,
+        *,
+        release: bool = True,
+        client: Client = None,
+    ) -> int | None:
+        """Move a job's last tick forward to ``tick_ms`` (never back) and
+        release the owner's lock; returns the recorded last tick."""
+        last = self._call(
+            self._schedule_commit,
+            [sk.last, sk.lock],
+            [-1 if tick_ms is None else int(tick_ms), owner, 1 if release else 0],
+            client,
+        )
+        return None if last is None else int(last)
+
+    def fire_tick(
+        self,
+        pk: PartitionKeys,
+        job: str,
+        tick_ms: int,
+        fields: dict[bytes, bytes],
+        client: Client = None,
+    ) -> bytes | None:
+        """Write a periodic job's run for a tick, once; None if written
+        before."""
+        args: list[Any] = [int(tick_ms)]
+        for field, value in fields.items():
+            args.append(field)
+            args.append(value)
+        result = self._call(self._fire_tick, [pk.stream, pk.fired(job)], args, client)
+        return result or None
+
+    # -- digests -----------------------------------------------------------
+
+    def digest_collect(
+        self,
+        pk: PartitionKeys,
+        dk: DigestKeys,
+        group: str,
+        entry_id: str,
+        consumer: str,
+        origin: str,
+        clock_ms: int,
+        key: str,
+        payload: bytes,
+        client: Client = None,
+    ) -> int:
+        """Store an event in the digest: 1 collected, 0 collected before,
+        -1 not this consumer's entry any more."""
+        return int(
+            self._call(
+                self._digest_collect,
+                [pk.stream, dk.meta, dk.keys, dk.open, dk.items],
+                [group, entry_id, consumer, origin, int(clock_ms), key, payload],
+                client,
+            )
+        )
+
+    def digest_seal(
+        self,
+        pk: PartitionKeys,
+        dk: DigestKeys,
+        *,
+        tick_ms: int,
+        max_events: int,
+        budget: int,
+        group: str,
+        missed: int,
+        prefix: bytes,
+        client: Client = None,
+    ) -> tuple[bool, int, int]:
+        """One step of closing a window: ``(done, batches, events)``."""
+        done, batches, events = self._call(
+            self._digest_seal,
+            [pk.stream, dk.meta, dk.keys, dk.open, dk.items, dk.sealed],
+            [
+                int(tick_ms),
+                int(max_events),
+                int(budget),
+                group,
+                int(missed),
+                prefix,
+            ],
+            client,
+        )
+        return bool(done), int(batches), int(events)
+
+    def digest_done(
+        self,
+        pk: PartitionKeys,
+        dk: DigestKeys,
+        group: str,
+        batch: str,
+        client: Client = None,
+    ) -> int:
+        """Remove a finished batch's events; returns how many."""
+        return int(
+            self._call(
+                self._digest_done,
+                [pk.stream, dk.items, dk.sealed],
+                [group, batch],
+                client,
+            )
         )

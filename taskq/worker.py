@@ -42,6 +42,7 @@ from taskq.keeper import Keeper
 from taskq.keys import PartitionKeys
 from taskq.ownership import Ownership
 from taskq.runner import Runner
+from taskq.scheduler import Scheduler
 from taskq.scripts import chunks, pack_message
 from taskq.sequencer import Sequencer
 from taskq.settler import Settler
@@ -67,7 +68,8 @@ class Worker:
     ``groups`` and ``topics`` narrow what this worker serves (default: every
     task and consumer of the app). ``prefetch`` is how many entries it may
     read ahead beyond those that can start at once. ``burst`` makes it exit
-    once everything it reads is drained.
+    once everything it reads is drained. ``beat`` runs a scheduler
+    (periodic jobs, digest windows) in a thread of the worker.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class Worker:
         block_ms: int | None = None,
         read_batch: int = defaults.READ_BATCH,
         worker_id: str | None = None,
+        beat: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -138,6 +141,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self.settler = Settler(self)
         self.keeper = Keeper(self)
+        self.scheduler = Scheduler(app) if beat else None
         self.started = threading.Event()
         self.stats = collections.Counter[str]()
 
@@ -192,6 +196,8 @@ class Worker:
             self._spawn(f"taskq-handler-{n}", self._work_loop)
         self._spawn("taskq-settler", self.settler.loop)
         self._spawn("taskq-keeper", self.keeper.loop)
+        if self.scheduler is not None:
+            self.scheduler.start()
         log.info(
             "Worker %s started: %s; concurrency %d, lease %g s.",
             self.id,
@@ -544,6 +550,8 @@ class Worker:
 
     def _shutdown(self) -> None:
         self.stopping.set()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.unblock_readers()
         for thread in self._threads:
             if thread.name.startswith("taskq-reader"):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -120,4 +122,68 @@ def test_the_demo_runs_end_to_end(tmp_path: Any) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "mails received by the sink 200 of 200" in result.stdout
+    received = re.search(r"mails received by the sink (\d+) of (\d+)", result.stdout)
+    assert received is not None and received[1] == received[2]
+    # 150 welcome mails, 50 urgent ones, and at least one digest per user
+    # with notifications that were not urgent.
+    assert int(received[1]) >= 240
+    assert "covering 250 of 250 notifications" in result.stdout
+
+
+def test_schedule_list_and_run(cli: Any, running: Any, until: Any) -> None:
+    from taskq.clock import ManualClock
+    from taskq.digest import window_sizes
+
+    app = cli.app
+    app.clock = ManualClock(datetime.fromisoformat("2026-12-08T09:30:00+00:00"))
+    try:
+        listed = cli("schedule", "list", APP).output
+        lines = {line.split()[0]: line for line in listed.splitlines()[1:]}
+        assert lines["hourly"].split()[1:6] == ["job", "0", "*", "*", "*"]
+        assert "Europe/Berlin  skip" in lines["hourly"]
+        assert "2026-12-08T11:00:00+01:00" in lines["hourly"]
+        assert "digest" in lines["morning"]
+        assert "0 open, 0 in batches" in lines["morning"]
+
+        ran = cli("schedule", "run", APP, "hourly", "--tick", "2026-12-08T10:00")
+        assert ran.exit_code == 0, ran.output
+        assert ran.output == "Sent hourly for 2026-12-08T10:00:00+01:00.\n"
+        again = cli("schedule", "run", APP, "hourly", "--tick", "2026-12-08T09:00:00Z")
+        assert again.output == (
+            "hourly ran for 2026-12-08T10:00:00+01:00 already; nothing to do.\n"
+        )
+        assert "2026-12-08T10:00:00+01:00" in cli("schedule", "list", APP).output
+
+        for user in ("ada", "bob", "ada"):
+            app.publish("notes", {"user": user}, key=user)
+        with running(Worker(app)):
+            until(lambda: window_sizes(app, app.schedules["morning"].digest) == (3, 0))
+            assert "3 open, 0 in batches" in cli("schedule", "list", APP).output
+            # Collected at 10:30 exactly, so a close at 10:30 leaves them open.
+            assert "0 event(s)" in cli("schedule", "run", APP, "morning").output
+            app.clock.advance(60)
+            closed = cli("schedule", "run", APP, "morning")
+            assert closed.output == (
+                "Closed morning for 2026-12-08T10:31:00+01:00: "
+                "3 event(s) in 2 batch(es).\n"
+            )
+            until(lambda: window_sizes(app, app.schedules["morning"].digest) == (0, 0))
+        repeated = cli(
+            "schedule", "run", APP, "morning", "--tick", "2026-12-08T10:31:00+01:00"
+        )
+        assert "already; nothing to do" in repeated.output
+
+        future = cli("schedule", "run", APP, "hourly", "--tick", "2030-01-01T00:00Z")
+        assert future.exit_code == 2 and "is in the future" in future.output
+        unknown = cli("schedule", "run", APP, "nightly")
+        assert unknown.exit_code == 2
+        assert "no periodic job or digest 'nightly'; there are: hourly, morning" in (
+            unknown.output
+        )
+        garbled = cli("schedule", "run", APP, "hourly", "--tick", "yesterday")
+        assert garbled.exit_code == 2
+        assert "'yesterday' is not an ISO 8601 time" in garbled.output
+    finally:
+        from taskq.clock import SystemClock
+
+        app.clock = SystemClock()

@@ -1,9 +1,12 @@
 """A small mailing system on taskq.
 
 * ``send_welcome``: a task, keyed by recipient, that mails a new user;
-* ``notifications``: a topic of events; two consumer groups each receive
-  every event: ``urgent-mail`` mails urgent ones at once, ``kinds`` counts
-  them by kind (fan-out).
+* ``notifications``: a topic of events; three consumer groups each
+  receive every event: ``urgent-mail`` mails urgent ones at once,
+  ``kinds`` counts them by kind (fan-out), and the digest
+  ``daily_digest`` collects them per user and mails each user one digest
+  of the rest a day, at 8:00 Berlin time (``MAILER_DIGEST_CRON`` sets
+  another schedule; the demo sends one every two seconds).
 
 Mail goes out over SMTP to ``MAILER_SMTP_HOST``:``MAILER_SMTP_PORT``
 (default localhost:8025; ``sink.py`` is a local server that keeps what it
@@ -28,9 +31,16 @@ app.topic("notifications", partitions=4)
 
 SENDER = "taskq demo <noreply@example.org>"
 
+#: When digests go out: cron, in Berlin time.
+DIGEST_CRON = os.environ.get("MAILER_DIGEST_CRON", "0 8 * * *")
+
 #: What this process did, for the demo's summary.
 sent = collections.Counter[str]()
 kinds = collections.Counter[str]()
+#: Notifications that went through a digest (urgent ones included), and
+#: the users who got a digest mail.
+digested = collections.Counter[str]()
+digest_users: set[str] = set()
 _sent_lock = threading.Lock()
 
 
@@ -105,3 +115,28 @@ def count_kind(event: Notification) -> None:
     """A second group: it sees every notification too."""
     with _sent_lock:
         kinds[event.kind] += 1
+
+
+@app.digest(
+    "notifications",
+    key="user_id",
+    cron=DIGEST_CRON,
+    tz="Europe/Berlin",
+    retries=5,
+)
+def daily_digest(user_id: str, events: list[Notification], ctx: Context) -> None:
+    """One mail with a user's notifications since the last digest; urgent
+    ones were mailed already and are left out."""
+    waiting = [event for event in events if not event.urgent]
+    if waiting:
+        lines = "\n".join(f"- {event.text}" for event in waiting)
+        deliver(
+            waiting[0].email,
+            f"Digest: {len(waiting)} new notification{'s' if len(waiting) > 1 else ''}",
+            f"Since your last digest:\n\n{lines}\n",
+            f"digest.{ctx.message_id}",
+        )
+    with _sent_lock:
+        digested["events"] += len(events)
+        if waiting:
+            digest_users.add(user_id)

@@ -92,9 +92,11 @@ def main() -> None:
 
 
 def register_commands() -> None:
-    from taskq.cli import admin, demo, ops, worker
+    from taskq.cli import admin, demo, ops, schedule, worker
 
     main.add_command(worker.worker)
+    main.add_command(schedule.beat)
+    main.add_command(schedule.schedule)
     main.add_command(admin.groups)
     main.add_command(admin.topics)
     main.add_command(ops.send)

@@ -72,6 +72,11 @@ def _split(values: tuple[str, ...]) -> list[str] | None:
     "--burst", is_flag=True, help="Exit once every partition read is drained."
 )
 @click.option(
+    "--beat",
+    is_flag=True,
+    help="Also run a scheduler: periodic jobs and digest windows (any number may).",
+)
+@click.option(
     "--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True
 )
 @click.option(
@@ -89,6 +94,7 @@ def worker(
     lease: float,
     shutdown_timeout: float,
     burst: bool,
+    beat: bool,
     log_level: str,
     log_config: str | None,
 ) -> None:
@@ -115,6 +121,7 @@ def worker(
         lease=lease,
         shutdown_timeout=shutdown_timeout,
         burst=burst,
+        beat=beat,
         groups=_split(groups),
         topics=_split(topics),
     )

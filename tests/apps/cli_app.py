@@ -27,3 +27,13 @@ def audit(event: dict[str, int]) -> None:
 
 
 not_an_app = "just a string"
+
+
+@app.periodic("0 * * * *", tz="Europe/Berlin", catchup="skip")
+def hourly() -> None:
+    """A periodic job for the schedule commands."""
+
+
+@app.digest("notes", key="user", cron="0 8 * * *", tz="Europe/Berlin")
+def morning(user: str, events: list[dict[str, str]]) -> None:
+    """A digest for the schedule commands."""
