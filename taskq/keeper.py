@@ -505,6 +505,10 @@ class Keeper:
                 elif next_ms >= 0:
                     at = now + next_ms / 1000
                     self._timers[pk] = min(at, self._timers.get(pk, at))
+        if any(moved for moved, _ in results):
+            # What was moved is new work: a burst worker must read again
+            # before it may call itself drained.
+            self.worker.not_idle({pk.topic for pk in due})
 
     # -- ordered handlers -----------------------------------------------------------
 

@@ -331,6 +331,13 @@ class Worker:
                 )
         self.hold(batch)
 
+    def not_idle(self, topics: set[str]) -> None:
+        """New entries may have arrived in these topics (burst mode)."""
+        with self._lock:
+            self._idle_readers = {
+                s for s in self._idle_readers if s.topic not in topics
+            }
+
     def reading_changed(self, sub: Subscription) -> None:
         """The partitions ``sub`` reads changed: let its reader see it now."""
         sub.changed.set()

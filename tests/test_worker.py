@@ -210,3 +210,18 @@ def test_graceful_stop_finishes_running_tasks(app: TaskQ, until: Any) -> None:
     thread.join(10)
     assert finished == [1]
     assert pending(app, "long") == 0
+
+
+def test_burst_waits_for_a_retry_that_is_due_at_once(app: TaskQ) -> None:
+    attempts: list[int] = []
+
+    @app.task(topic="again", retries=1, backoff=0)
+    def flaky(ctx: Context) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("once")
+
+    for _ in range(5):
+        flaky.send()
+    Worker(app, burst=True).run(install_signals=False)
+    assert sorted(attempts) == [1] * 5 + [2] * 5
