@@ -42,6 +42,11 @@ class Subscription:
         #: The partitions this worker reads: all of them, or for an ordered
         #: subscription only those it owns.
         self.reading: set[PartitionKeys] = set()
+        #: Ordered subscriptions: the partitions whose entries this worker
+        #: may hold (owned, and not being given up). A read in flight when a
+        #: partition is given up may still return entries of it; they must
+        #: not run ahead of the older ones the next owner takes over.
+        self.accepting: set[PartitionKeys] = set()
         self._read_args: list[Any] | None = None
         #: Set when the partitions to read change (ownership moved).
         self.changed = threading.Event()

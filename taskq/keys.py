@@ -51,6 +51,11 @@ class PartitionKeys:
         """String holding the lease of the member that owns the partition."""
         return f"{self.prefix}:owner:{group}"
 
+    def handover(self, group: str) -> str:
+        """String set by an owner that handed the partition over in good
+        order (the delivery counts it left are exact); read by the next."""
+        return f"{self.prefix}:handover:{group}"
+
     def fence(self, group: str) -> str:
         """Counter that hands out a new fencing token with every lease."""
         return f"{self.prefix}:fence:{group}"

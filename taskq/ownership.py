@@ -32,7 +32,8 @@ import redis
 from taskq.connection import CONNECTION_ERRORS
 from taskq.delivery import Delivery, Subscription
 from taskq.keys import PartitionKeys
-from taskq.scripts import Scripts
+from taskq.scripts import Scripts, chunks
+from taskq.sequencer import sequence_key
 
 if TYPE_CHECKING:
     from taskq.worker import Worker
@@ -162,14 +163,18 @@ class Ownership:
         if pk in self.draining and self.worker.running_in(self.sub.group, pk):
             return
         self.draining.discard(pk)
-        token = scripts.own(pk, self.sub.group, self.member, self.lease_ms)
-        if token is None:
+        owned = scripts.own(pk, self.sub.group, self.member, self.lease_ms)
+        if owned is None:
             return
-        self.tokens[pk] = int(token)
+        token, handed_over = int(owned[0]), bool(owned[1])
+        self.tokens[pk] = token
+        self.sub.accepting.add(pk)
+        owner = f"{self.member}|{token}"
         # Whatever the previous owner left pending comes first, in order;
         # new entries are read only after it.
         cursor = b"0-0"
         taken = 0
+        heads: set[bytes] = set()
         while True:
             cursor, entries, _ = scripts.reclaim(
                 pk, self.sub.group, self.member, 0, cursor, TAKEOVER_BATCH
@@ -179,6 +184,8 @@ class Ownership:
                 it = iter(flat)
                 fields = dict(zip(it, it, strict=False))
                 batch.append(Delivery(self.sub, pk, entry_id, fields, int(deliveries)))
+            if not handed_over:
+                self._uncharge(scripts, pk, owner, batch, heads)
             taken += len(batch)
             self.worker.hold(batch)
             if cursor in (b"0-0", "0-0"):
@@ -195,6 +202,30 @@ class Ownership:
             else "",
         )
         self.worker.reading_changed(self.sub)
+
+    def _uncharge(
+        self,
+        scripts: Scripts,
+        pk: PartitionKeys,
+        owner: str,
+        batch: list[Delivery],
+        heads: set[bytes],
+    ) -> None:
+        """Take back the attempt a dead owner's takeover charged to entries
+        that cannot have run: only the oldest pending entry of a key can
+        have been running (the others waited behind it)."""
+        counts = []
+        for delivery in batch:
+            key = sequence_key(delivery) if self.worker.sequenced(delivery) else None
+            if key is None:
+                continue
+            if key[2] not in heads:
+                heads.add(key[2])
+            elif delivery.deliveries > 1:
+                delivery.deliveries -= 1
+                counts.append((delivery.id, delivery.deliveries))
+        for part in chunks(counts):
+            scripts.recount(pk, self.sub.group, self.member, owner, part)
 
     def give_up(
         self,
@@ -213,6 +244,7 @@ class Ownership:
         owner = self.owner_value(pk)
         if owner is None:
             return True
+        self.sub.accepting.discard(pk)
         self.sub.stop_reading(pk)
         self.worker.reading_changed(self.sub)
         counts = self.worker.hand_over(self.sub, pk, force=force)
@@ -242,6 +274,7 @@ class Ownership:
         """The lease is gone: drop the partition without touching Redis."""
         if self.tokens.pop(pk, None) is None:
             return
+        self.sub.accepting.discard(pk)
         log.warning(
             "Lost partition %d of %s/%s (%s); what this worker still holds of "
             "it will not be acknowledged here.",

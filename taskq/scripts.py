@@ -100,7 +100,7 @@ class Scripts:
         self._own = load("own")
         self._disown = load("disown")
         self._ack_fenced = load("ack_fenced")
-        self._retry_in_place = load("retry_in_place")
+        self._recount = load("recount")
         self._schedule_lock = load("schedule_lock")
         self._schedule_commit = load("schedule_commit")
         self._fire_tick = load("fire_tick")
@@ -117,7 +117,7 @@ class Scripts:
             self._own,
             self._disown,
             self._ack_fenced,
-            self._retry_in_place,
+            self._recount,
             self._retry,
             self._dead_letter,
             self._schedule,
@@ -316,10 +316,13 @@ class Scripts:
         token: int = 0,
         client: Client = None,
     ) -> Any:
-        """Take a free partition (token 0) or renew its lease; the token or None."""
+        """Take a free partition (token 0) or renew its lease.
+
+        Returns ``[token, handed_over]`` or None (see own.lua).
+        """
         return self._call(
             self._own,
-            [pk.owner(group), pk.fence(group)],
+            [pk.owner(group), pk.fence(group), pk.handover(group)],
             [member, int(lease_ms), token],
             client,
         )
@@ -339,7 +342,9 @@ class Scripts:
         for entry_id, count in counts:
             args.append(entry_id)
             args.append(count)
-        return self._call(self._disown, [pk.stream, pk.owner(group)], args, client)
+        return self._call(
+            self._disown, [pk.stream, pk.owner(group), pk.handover(group)], args, client
+        )
 
     def ack_fenced(
         self,
@@ -354,23 +359,22 @@ class Scripts:
             self._ack_fenced, [pk.stream, pk.owner(group)], [group, owner, *ids], client
         )
 
-    def retry_in_place(
+    def recount(
         self,
         pk: PartitionKeys,
         group: str,
         consumer: str,
         owner: str,
-        entry_id: bytes,
-        next_attempt: int,
+        counts: Sequence[tuple[bytes, int]],
         client: Client = None,
     ) -> Any:
-        """Count the next attempt of an entry kept where it is: 1, or -1."""
-        return self._call(
-            self._retry_in_place,
-            [pk.stream, pk.owner(group)],
-            [group, consumer, owner, entry_id, next_attempt],
-            client,
-        )
+        """Set delivery counts of entries of an owned partition: 1, or -1
+        when the lease is not the caller's."""
+        args: list[Any] = [group, consumer, owner]
+        for entry_id, count in counts:
+            args.append(entry_id)
+            args.append(count)
+        return self._call(self._recount, [pk.stream, pk.owner(group)], args, client)
 
     # -- schedules ---------------------------------------------------------
 

@@ -9,8 +9,8 @@ outcome                in Redis
 ACK                    XACK (grouped per partition)
 RETRY                  ``retry.lua``: into the delayed set, and XACK
 DEAD                   ``dead_letter.lua``: into the dead-letter stream, XACK
-RETRY_IN_PLACE         ``retry_in_place.lua``: the entry stays pending and
-                       counts its next attempt; the worker runs it again
+RETRY_IN_PLACE         ``recount.lua``: the entry stays pending and counts
+                       its next attempt; the worker runs it again
 =====================  ======================================================
 
 For owned partitions (ordered handlers) every step names the owner's
@@ -120,13 +120,12 @@ class Settler:
                 )
             elif outcome.kind is Settle.RETRY_IN_PLACE:
                 assert owner is not None
-                scripts.retry_in_place(
+                scripts.recount(
                     pk,
                     group,
                     worker.id,
                     owner,
-                    delivery.id,
-                    delivery.deliveries + 1,
+                    [(delivery.id, delivery.deliveries + 1)],
                     client=pipe,
                 )
             else:

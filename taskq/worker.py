@@ -370,10 +370,18 @@ class Worker:
         with self._lock:
             self._idle_readers.discard(batch[0].sub)
             for delivery in batch:
-                self.held.setdefault((delivery.sub.group, delivery.pk), {})[
-                    delivery.id
-                ] = delivery
-                if not self._sequenced(delivery) or self.sequencer.admit(delivery):
+                sub = delivery.sub
+                if sub.ordered and delivery.pk not in sub.accepting:
+                    # Read just as the partition was given up or lost: leave
+                    # it to the next owner (counted in the hand-over, if any).
+                    delivery.lost = True
+                    ownership = self.ownerships[sub]
+                    if delivery.pk not in ownership.tokens:
+                        continue
+                self.held.setdefault((sub.group, delivery.pk), {})[delivery.id] = delivery
+                if delivery.lost:
+                    continue
+                if not self.sequenced(delivery) or self.sequencer.admit(delivery):
                     runnable.append(delivery)
                 else:
                     self._parked += 1
@@ -383,7 +391,8 @@ class Worker:
             put(delivery)
 
     @staticmethod
-    def _sequenced(delivery: Delivery) -> bool:
+    def sequenced(delivery: Delivery) -> bool:
+        """Whether the delivery waits for earlier ones of its key."""
         if not delivery.sub.ordered:
             return False
         handler = delivery.sub.handler_for(delivery.fields)

@@ -128,7 +128,16 @@ class RedisServer:
 
 
 def bind_app(app: Any, url: str, namespace: str) -> Any:
-    """Point a test app module's app at this test's Redis and namespace."""
+    """Point a test app module's app at this test's Redis and namespace.
+
+    The app's topic declarations are put back as the module made them, in
+    case an earlier test changed them.
+    """
+    declared = getattr(app, "_declared_topics", None)
+    if declared is None:
+        declared = app._declared_topics = dict(app.topics)
+    app.topics.clear()
+    app.topics.update(declared)
     app.url = url
     app.keys.namespace = namespace
     app._client = None

@@ -172,3 +172,33 @@ def test_a_stalled_owner_acknowledges_nothing_it_lost(
     w1.send_signal(signal.SIGTERM)
     output, _ = w1.communicate(timeout=20)
     assert "Lost partition 0 of orders/tasks" in output.decode()
+
+
+def test_a_dead_owner_charges_only_the_message_it_was_running(
+    ordered: Any, procs: Procs
+) -> None:
+    """Messages waiting behind their key never ran: a crash must not count
+    an attempt against them (with no retries, it would dead-letter them)."""
+    for seq in range(1, 9):
+        ordered.once.send("hot", seq, 0.5)
+    w1 = procs.start("-c", "2")
+    wait_for(
+        lambda: [e for e in _log(ordered) if e["event"] == "start" and e["seq"] == 3],
+        timeout=20,
+    )
+    w1.kill()
+    running = 3
+    procs.start("-c", "2")
+    wait_for(
+        lambda: (
+            {e["seq"] for e in _log(ordered) if e["pid"] != w1.pid} >= set(range(4, 9))
+        ),
+        timeout=20,
+    )
+    wait_for(lambda: pending(ordered.app, "orders") == 0, timeout=10)
+    [record] = dead_letters(ordered.app, "orders")
+    assert record[b"reason"] == b"worker_lost"
+    assert record[b"message:payload"] == b'{"key":"hot","seq":%d,"sleep":0.5}' % running
+    later = [e for e in _log(ordered) if e["pid"] != w1.pid]
+    assert [e["seq"] for e in later] == [4, 5, 6, 7, 8]
+    assert all(e["attempt"] == 1 for e in later)

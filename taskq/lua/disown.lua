@@ -5,6 +5,7 @@
 --
 -- KEYS[1]  partition stream
 -- KEYS[2]  the partition's owner key of the group
+-- KEYS[3]  the partition's hand-over mark of the group
 -- ARGV[1]  consumer group
 -- ARGV[2]  consumer (the owner's)
 -- ARGV[3]  the owner's "member|token"
@@ -23,4 +24,6 @@ for i = 4, #ARGV, 2 do
   end
 end
 redis.call('DEL', KEYS[2])
+-- Tells the next owner that these counts are exact (see own.lua).
+redis.call('SET', KEYS[3], ARGV[2], 'PX', 600000)
 return 1

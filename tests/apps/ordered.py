@@ -49,3 +49,18 @@ def step(
         "t": time.time(),
     }
     app.redis.rpush(LOG, json.dumps(record))
+
+
+@app.task(topic="orders", key="key", ordered=True, retries=0, lease=LEASE_S)
+def once(key: str, seq: int, sleep: float, ctx: Context) -> None:
+    """Log each start; no retries, so a lost run is dead-lettered."""
+    record = {
+        "event": "start",
+        "key": key,
+        "seq": seq,
+        "attempt": ctx.attempt,
+        "pid": os.getpid(),
+        "t": time.time(),
+    }
+    app.redis.rpush(LOG, json.dumps(record))
+    time.sleep(sleep)
