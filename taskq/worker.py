@@ -3,7 +3,8 @@
 Threads of one worker process and what each owns:
 
 * one **reader** per (topic, group): XREADGROUP over the partitions it
-  reads, only while the worker holds fewer entries than it may;
+  reads, only while the worker holds fewer entries than it may (on a
+  Redis Cluster, one reader per slot: see ``reading.py``);
 * ``concurrency`` **handler threads**: run one delivery at a time;
 * the **settler**: acknowledges, retries and dead-letters finished
   deliveries in pipelined batches;
@@ -36,6 +37,7 @@ from taskq.connection import CONNECTION_ERRORS, Outage, is_memory
 from taskq.delivery import Delivery, Outcome, Settle, Subscription
 from taskq.keeper import Keeper
 from taskq.keys import PartitionKeys
+from taskq.reading import Reader, make_reader, read_sets
 from taskq.runner import Runner
 from taskq.scripts import Scripts, chunks, pack_message
 
@@ -104,8 +106,10 @@ class Worker:
         #: handler thread id -> the delivery it is running.
         self._running: dict[int, Delivery] = {}
         self._unstarted: list[Delivery] = []
-        self._idle_readers: set[Subscription] = set()
-        self._reader_ids: dict[Subscription, int] = {}
+        #: subscription -> its readers (by index) that found nothing new.
+        self._idle_readers: dict[Subscription, set[int]] = {}
+        self._readers: dict[tuple[Subscription, int], Reader] = {}
+        self._reader_count = 0
 
         self._stopping = threading.Event()  # stop reading
         self._draining = False  # handler threads start nothing new
@@ -160,7 +164,13 @@ class Worker:
             sub.set_partitions([self.app.keys.partition(sub.topic, p) for p in range(count)])
         self.keeper.prepare()
         for sub in self.subscriptions:
-            self._spawn(f"taskq-reader-{sub.topic}-{sub.group}", self._read_loop, sub)
+            sets = read_sets(self.app.url, sub.partitions)
+            for index, partitions in enumerate(sets):
+                name = f"taskq-reader-{sub.topic}-{sub.group}"
+                if len(sets) > 1:
+                    name += f"-{index}"
+                self._spawn(name, self._read_loop, sub, partitions, index, len(sets))
+                self._reader_count += 1
         for n in range(self.concurrency):
             self._spawn(f"taskq-handler-{n}", self._work_loop)
         self._spawn("taskq-settler", self._settle_loop)
@@ -205,59 +215,62 @@ class Worker:
     def _drained(self) -> bool:
         with self._lock:
             return (
-                len(self._idle_readers) == len(self.subscriptions)
+                sum(len(idle) for idle in self._idle_readers.values())
+                == self._reader_count
                 and self._held_count == 0
                 and not self.keeper.delayed_due()
             )
 
     # -- reading -------------------------------------------------------------------
 
-    def _read_loop(self, sub: Subscription) -> None:
-        client = self.app.new_client()
-        client.set_response_callback("XREADGROUP", lambda response, **options: response)
+    def _read_loop(
+        self, sub: Subscription, partitions: list[PartitionKeys], index: int, sets: int
+    ) -> None:
+        """Read ``partitions`` of ``sub``: all of them, or on a cluster the
+        share of one reader of ``sets`` (see ``reading.read_sets``)."""
         block: list[Any] = [] if self.burst else ["BLOCK", self.block_ms]
-        self.keeper.ensure_groups(client, sub)
+        # The reader remembers its connection's client id, so stop() can
+        # end a blocking read at once (CLIENT UNBLOCK) and no entry is
+        # delivered to a worker that is stopping.
+        reader = make_reader(self.app, partitions, blocking=bool(block and self.block_ms))
+        among = None if sets == 1 else frozenset(pk.stream for pk in partitions)
+        self.keeper.ensure_groups(reader.client, sub)
+        self._readers[(sub, index)] = reader
         while not self._stopping.is_set():
             free = self._wait_for_room()
             if free <= 0:
                 continue
-            tail = sub.read_args(time.monotonic())
+            tail = sub.read_args(time.monotonic(), among)
             streams = (len(tail) - 1) // 2
             if not streams:
                 time.sleep(1.0)
                 continue
-            count = min(self.read_batch, -(-free // streams))
+            # COUNT applies per stream; the readers of one subscription
+            # share the room left.
+            count = min(self.read_batch, -(-free // (streams * sets)))
             try:
-                self._remember_reader(client, sub)
-                response = client.execute_command(
-                    "XREADGROUP", "GROUP", sub.group, self.id, "COUNT", count, *block, *tail
+                response = reader.read(
+                    ["XREADGROUP", "GROUP", sub.group, self.id, "COUNT", count, *block, *tail]
                 )
             except CONNECTION_ERRORS as exc:
                 if self._stopping.is_set():
                     break
-                self._reader_ids.pop(sub, None)
                 time.sleep(self.outage.failed(exc))
                 continue
             except redis.ResponseError as exc:
                 if self._stopping.is_set():
                     break
-                self.keeper.read_failed(client, sub, exc)
+                self.keeper.read_failed(reader.client, sub, exc)
                 continue
             self.outage.recovered()
             if response:
                 self._accept(sub, response)
             elif self.burst:
                 with self._lock:
-                    self._idle_readers.add(sub)
+                    self._idle_readers.setdefault(sub, set()).add(index)
                 time.sleep(0.02)
-        self._reader_ids.pop(sub, None)
-        client.close()
-
-    def _remember_reader(self, client: redis.Redis, sub: Subscription) -> None:
-        # The client id lets stop() end a blocking read at once (CLIENT
-        # UNBLOCK), so no entry is delivered to a worker that is stopping.
-        if sub not in self._reader_ids and self.block_ms and not is_memory(self.app.url):
-            self._reader_ids[sub] = client.client_id()
+        self._readers.pop((sub, index), None)
+        reader.close()
 
     def _accept(self, sub: Subscription, response: Any) -> None:
         if isinstance(response, dict):  # RESP3
@@ -278,7 +291,7 @@ class Worker:
         if not batch:
             return
         with self._lock:
-            self._idle_readers.discard(batch[0].sub)
+            self._idle_readers.pop(batch[0].sub, None)
             for delivery in batch:
                 self.held.setdefault((delivery.sub.group, delivery.pk), {})[
                     delivery.id
@@ -300,15 +313,8 @@ class Worker:
 
     def unblock_readers(self) -> None:
         """End blocking reads now (they return empty)."""
-        ids = list(self._reader_ids.values())
-        if not ids:
-            return
-        try:
-            client = self.keeper.client
-            for client_id in ids:
-                client.client_unblock(client_id)
-        except (redis.RedisError, OSError):
-            pass  # the reads end by themselves within block_ms
+        for reader in list(self._readers.values()):
+            reader.unblock(self.keeper.client)
 
     # -- handling ------------------------------------------------------------------
 

@@ -1,0 +1,176 @@
+"""Where a worker's XREADGROUP calls go, and which streams one call reads.
+
+On one server (and on a Sentinel-managed master) one blocking XREADGROUP
+reads every partition of a subscription at once. On a Redis Cluster that
+call would span slots, since every partition has a hash tag of its own,
+and the cluster refuses it (CROSSSLOT). There the worker runs one reader
+per slot instead, each blocking on a connection of its own to the master
+that holds the slot. Partitions of one topic almost never share a slot,
+so in practice that is one reader, one thread and one connection per
+partition and consumer group.
+
+Why not one reader per node: a node holds many slots, and one command
+can still read only one of them; reading the node's partitions in turn
+without blocking would mean polling, which costs latency while idle (half
+the poll interval on average) and a command per partition per interval,
+from every worker, however quiet the topic is. Blocking readers cost a
+thread and a connection each instead, and nothing while idle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.exceptions
+
+from taskq.cluster import ClusterClient, slot_of
+from taskq.connection import CONNECTION_ERRORS, is_cluster, is_memory
+from taskq.keys import PartitionKeys
+
+if TYPE_CHECKING:
+    from taskq.app import TaskQ
+
+
+def read_sets(
+    url: str, partitions: Sequence[PartitionKeys]
+) -> list[list[PartitionKeys]]:
+    """Split ``partitions`` into the sets one XREADGROUP may read together.
+
+    One set on a single server; one set per hash slot on a cluster, in the
+    order of the partitions.
+    """
+    if not partitions:
+        return []
+    if not is_cluster(url):
+        return [list(partitions)]
+    by_slot: dict[int, list[PartitionKeys]] = {}
+    for pk in partitions:
+        by_slot.setdefault(slot_of(pk.stream), []).append(pk)
+    return list(by_slot.values())
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    # The worker parses entries itself; redis-py's parsing would build
+    # dicts it throws away.
+    return response
+
+
+class Reader:
+    """Sends the XREADGROUP calls of one reader thread to its server.
+
+    ``blocking`` readers remember their connection's client id, so that
+    :meth:`unblock` can end a blocking read from another thread (CLIENT
+    UNBLOCK), and a stopping worker is not handed new entries.
+    """
+
+    def __init__(self, app: TaskQ, *, blocking: bool) -> None:
+        self.client = app.new_client()
+        self.client.set_response_callback("XREADGROUP", _raw)
+        self.blocking = blocking and not is_memory(app.url)
+        self._client_id: int | None = None
+
+    def read(self, args: Sequence[Any]) -> Any:
+        """Send ``XREADGROUP ...`` (``args``, command name included)."""
+        if self.blocking and self._client_id is None:
+            self._client_id = self.client.client_id()
+        try:
+            return self.client.execute_command(*args)
+        except CONNECTION_ERRORS:
+            self._client_id = None  # the next connection has another id
+            raise
+
+    def unblock(self, via: redis.Redis) -> None:
+        """End a blocking read now (it returns empty); ``via`` is another
+        client, so that the read's own connection is not the one taken."""
+        client_id = self._client_id
+        if client_id is None:
+            return
+        # On failure the read ends by itself within its block time.
+        with contextlib.suppress(redis.RedisError, OSError):
+            via.client_unblock(client_id)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class SlotReader(Reader):
+    """Reads streams of one hash slot from the cluster node that holds it.
+
+    The calls go straight to the node's connection, not through the
+    cluster client, so that the client id of a blocking read is known and
+    the reply is left unparsed. When the slot has moved (MOVED) or the
+    node failed, the cluster client finds the slot's master again.
+    """
+
+    def __init__(self, app: TaskQ, key: str, *, blocking: bool) -> None:
+        super().__init__(app, blocking=blocking)
+        self.cluster: Any = self.client  # a ClusterClient: see make_reader
+        #: A key in the slot, used to ask the cluster client where it is.
+        self.key = key
+        self._node: Any = None
+        self._node_client: redis.Redis | None = None
+        self._lost = False
+
+    def read(self, args: Sequence[Any]) -> Any:
+        for _ in range(2):
+            node_client = self._route()
+            if self.blocking and self._client_id is None:
+                self._client_id = node_client.client_id()
+            try:
+                return node_client.execute_command(*args)  # type: ignore[no-untyped-call]
+            except redis.exceptions.MovedError:
+                self._forget()  # resharded or failed over: route again
+            except CONNECTION_ERRORS:
+                self._forget()
+                raise
+            except redis.ResponseError as exc:
+                # A master that turns into a replica ends the blocking
+                # reads it serves with an UNBLOCKED error.
+                if "UNBLOCKED" not in str(exc):
+                    raise
+                self._forget()
+        raise redis.exceptions.TryAgainError(f"the slot of {self.key} keeps moving")
+
+    def _route(self) -> redis.Redis:
+        if self._node_client is None:
+            if self._lost:
+                # A call through the cluster client follows the redirect
+                # or refreshes the slot map after a failure; it raises a
+                # connection error while the slot has no master.
+                self.cluster.exists(self.key)
+                self._lost = False
+            self._node = self.cluster.get_node_from_key(self.key)
+            node_client = self.cluster.get_redis_connection(self._node)
+            node_client.set_response_callback("XREADGROUP", _raw)
+            self._node_client = node_client
+            self._client_id = None
+        return self._node_client
+
+    def _forget(self) -> None:
+        self._node_client = None
+        self._client_id = None
+        self._lost = True
+
+    def unblock(self, via: redis.Redis) -> None:
+        client_id, node = self._client_id, self._node
+        if client_id is None or node is None:
+            return
+        if not isinstance(via, ClusterClient):
+            return
+        target = via.get_node(node_name=node.name)
+        if target is None:
+            return
+        with contextlib.suppress(redis.RedisError, OSError):
+            via.execute_command("CLIENT UNBLOCK", client_id, target_nodes=target)
+
+
+def make_reader(
+    app: TaskQ, partitions: Sequence[PartitionKeys], *, blocking: bool
+) -> Reader:
+    """A reader for one set of :func:`read_sets`."""
+    if is_cluster(app.url):
+        return SlotReader(app, partitions[0].stream, blocking=blocking)
+    return Reader(app, blocking=blocking)
