@@ -379,11 +379,14 @@ class Keeper:
     def _poll_delayed(self) -> None:
         if not self._partitions:
             return
+        # TIME is sent on its own: a cluster pipeline takes keyed commands
+        # only. (On a cluster it is one node's clock; masters kept in step
+        # by NTP differ by far less than the poll interval.)
+        server_time = self.client.time()
         pipe = self.client.pipeline(transaction=False)
-        pipe.time()
         for pk in self._partitions:
             pipe.zrange(pk.delayed, 0, 0, withscores=True)
-        server_time, *heads = pipe.execute()
+        heads = pipe.execute()
         server_ms = server_time[0] * 1000 + server_time[1] // 1000
         now = time.monotonic()
         with self._lock:
