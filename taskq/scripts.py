@@ -97,8 +97,8 @@ class Scripts:
     ) -> Any:
         """Schedule another attempt and acknowledge this copy.
 
-        Returns the due time in ms, or None when another consumer holds the
-        entry now.
+        Returns the due time in ms, or None when this consumer no longer
+        holds the entry (another took it over, or it was settled).
         """
         return self._retry(
             keys=[pk.stream, pk.delayed],

@@ -9,10 +9,11 @@
 -- ARGV[4]  most dead letters kept per partition (0: no limit)
 -- ARGV[5..] field, value, field, value, ... of the dead-letter record
 --
--- Returns the id of the record, or false when another consumer holds the
--- entry now (it was reclaimed; the holder decides its fate).
+-- Returns the id of the record, or false when this consumer no longer
+-- holds the entry: it was reclaimed (the holder decides its fate), or it
+-- was settled already.
 
-if held_by_other(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then
+if not held_by(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then
   return false
 end
 local record = {}
