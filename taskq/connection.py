@@ -68,10 +68,13 @@ def _socket_options() -> dict[str, Any]:
 
 
 def connect(url: str) -> redis.Redis:
-    """Return a client for ``url``; nothing is sent until it is used.
+    """Return a client for ``url``.
 
-    A cluster client is typed as a plain client: taskq sends it only
-    commands and pipelines that both accept (each touching one slot).
+    Nothing is sent until the client is used, except to a cluster: its
+    client asks the nodes for the slot map at once, and raises
+    :class:`taskq.ConnectionError` when none answers. A cluster client is
+    typed as a plain client: taskq sends it only commands and pipelines
+    that both accept (each touching one slot).
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
@@ -138,9 +141,13 @@ def _cluster_client(url: str) -> ClusterClient:
         ClusterNode(host, port)  # type: ignore[no-untyped-call]
         for host, port in _hosts(url, defaults.REDIS_PORT)
     ]
-    return ClusterClient(
-        startup_nodes=nodes, retry=_retry(), **_credentials(url), **_socket_options()
-    )
+    with translate_errors(url):
+        return ClusterClient(
+            startup_nodes=nodes,
+            retry=_retry(),
+            **_credentials(url),
+            **_socket_options(),
+        )
 
 
 def _sentinel_client(url: str) -> redis.Redis:
