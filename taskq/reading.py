@@ -10,18 +10,23 @@ so in practice that is one reader, one thread and one connection per
 partition and consumer group.
 
 Why not one reader per node: a node holds many slots, and one command
-can still read only one of them; reading the node's partitions in turn
-without blocking would mean polling, which costs latency while idle (half
-the poll interval on average) and a command per partition per interval,
-from every worker, however quiet the topic is. Blocking readers cost a
-thread and a connection each instead, and nothing while idle.
+can still read only one of them, so reading a node's partitions from one
+thread means polling them without blocking. Measured with
+``python -m tests.measure_reads`` (8 partitions on 3 local masters),
+blocking readers see a new entry 0.4 ms after it is written (median;
+1.4 ms at the 95th percentile) and cost the servers a command per reader
+per block time while idle; polling every 10 ms takes 6 ms (13 ms) and
+1,300 commands a second while idle, from every worker, however quiet
+the topic; every 50 ms, 25 ms (50 ms) and 300 a second. Draining a
+backlog runs at about the same rate either way. Blocking readers cost a
+thread and a connection each instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 import redis.exceptions
@@ -50,6 +55,59 @@ def read_sets(
     for pk in partitions:
         by_slot.setdefault(slot_of(pk.stream), []).append(pk)
     return list(by_slot.values())
+
+
+class Room(Protocol):
+    """The worker's room for entries, as readers reserve it."""
+
+    def reserve_room(self, most: int) -> int: ...
+
+    def return_room(self, count: int) -> None: ...
+
+
+class ReadShares:
+    """How the readers of one subscription share the worker's free room.
+
+    A reader asks each stream it reads for an even share of the room
+    (COUNT applies per stream): on one server, a blocking read of all
+    partitions fetches up to the whole room in one round trip. On a
+    cluster each reader reads one slot, and an even share of the room is
+    a sliver per round trip, so there a reader whose last read found
+    entries reads at once without blocking and takes all the room there
+    is, counted as held while its read is out so that no other reader
+    asks for the same room. Readers of quiet partitions keep blocking for
+    their even share; the worker holds at most twice its capacity.
+    """
+
+    def __init__(self, readers: int) -> None:
+        #: Per reader: did its last read find anything?
+        self.busy = [False] * readers
+
+    def __len__(self) -> int:
+        return len(self.busy)
+
+    def count(self, free: int, streams: int, read_batch: int) -> int:
+        """COUNT for an even share of ``free`` over ``streams`` streams."""
+        share = -(-free // len(self.busy))
+        return max(1, min(read_batch, -(-share // streams)))
+
+    @contextlib.contextmanager
+    def turn(
+        self, index: int, free: int, streams: int, read_batch: int, room: Room
+    ) -> Iterator[tuple[int, bool]]:
+        """``(COUNT, block?)`` for the next read of reader ``index``, for
+        the duration of the read and of holding what it found."""
+        if len(self.busy) == 1 or not self.busy[index]:
+            yield self.count(free, streams, read_batch), True
+            return
+        reserved = room.reserve_room(read_batch)
+        try:
+            yield reserved, False
+        finally:
+            room.return_room(reserved)
+
+    def found(self, index: int, anything: bool) -> None:
+        self.busy[index] = anything
 
 
 def _raw(response: Any, **options: Any) -> Any:

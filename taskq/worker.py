@@ -37,7 +37,7 @@ from taskq.connection import CONNECTION_ERRORS, Outage, is_memory
 from taskq.delivery import Delivery, Outcome, Settle, Subscription
 from taskq.keeper import Keeper
 from taskq.keys import PartitionKeys
-from taskq.reading import Reader, make_reader, read_sets
+from taskq.reading import Reader, ReadShares, make_reader, read_sets
 from taskq.runner import Runner
 from taskq.scripts import Scripts, chunks, pack_message
 
@@ -165,11 +165,12 @@ class Worker:
         self.keeper.prepare()
         for sub in self.subscriptions:
             sets = read_sets(self.app.url, sub.partitions)
+            shares = ReadShares(len(sets))
             for index, partitions in enumerate(sets):
                 name = f"taskq-reader-{sub.topic}-{sub.group}"
                 if len(sets) > 1:
                     name += f"-{index}"
-                self._spawn(name, self._read_loop, sub, partitions, index, len(sets))
+                self._spawn(name, self._read_loop, sub, partitions, index, shares)
                 self._reader_count += 1
         for n in range(self.concurrency):
             self._spawn(f"taskq-handler-{n}", self._work_loop)
@@ -224,16 +225,20 @@ class Worker:
     # -- reading -------------------------------------------------------------------
 
     def _read_loop(
-        self, sub: Subscription, partitions: list[PartitionKeys], index: int, sets: int
+        self,
+        sub: Subscription,
+        partitions: list[PartitionKeys],
+        index: int,
+        shares: ReadShares,
     ) -> None:
-        """Read ``partitions`` of ``sub``: all of them, or on a cluster the
-        share of one reader of ``sets`` (see ``reading.read_sets``)."""
+        """Read ``partitions`` of ``sub``: all of them, or on a cluster those
+        of one slot, as reader ``index`` of ``shares``."""
         block: list[Any] = [] if self.burst else ["BLOCK", self.block_ms]
         # The reader remembers its connection's client id, so stop() can
         # end a blocking read at once (CLIENT UNBLOCK) and no entry is
         # delivered to a worker that is stopping.
         reader = make_reader(self.app, partitions, blocking=bool(block and self.block_ms))
-        among = None if sets == 1 else frozenset(pk.stream for pk in partitions)
+        among = None if len(shares) == 1 else frozenset(pk.stream for pk in partitions)
         self.keeper.ensure_groups(reader.client, sub)
         self._readers[(sub, index)] = reader
         while not self._stopping.is_set():
@@ -245,27 +250,30 @@ class Worker:
             if not streams:
                 time.sleep(1.0)
                 continue
-            # COUNT applies per stream; the readers of one subscription
-            # share the room left.
-            count = min(self.read_batch, -(-free // (streams * sets)))
-            try:
-                response = reader.read(
-                    ["XREADGROUP", "GROUP", sub.group, self.id, "COUNT", count, *block, *tail]
-                )
-            except CONNECTION_ERRORS as exc:
-                if self._stopping.is_set():
-                    break
-                time.sleep(self.outage.failed(exc))
-                continue
-            except redis.ResponseError as exc:
-                if self._stopping.is_set():
-                    break
-                self.keeper.read_failed(reader.client, sub, exc)
-                continue
-            self.outage.recovered()
-            if response:
-                self._accept(sub, response)
-            elif self.burst:
+            with shares.turn(index, free, streams, self.read_batch, self) as (count, wait):
+                if not count:
+                    continue
+                try:
+                    response = reader.read(
+                        ["XREADGROUP", "GROUP", sub.group, self.id, "COUNT", count]
+                        + (block if wait else [])
+                        + tail
+                    )
+                except CONNECTION_ERRORS as exc:
+                    if self._stopping.is_set():
+                        break
+                    time.sleep(self.outage.failed(exc))
+                    continue
+                except redis.ResponseError as exc:
+                    if self._stopping.is_set():
+                        break
+                    self.keeper.read_failed(reader.client, sub, exc)
+                    continue
+                self.outage.recovered()
+                if response:
+                    self._accept(sub, response)
+                shares.found(index, bool(response))
+            if not response and self.burst:
                 with self._lock:
                     self._idle_readers.setdefault(sub, set()).add(index)
                 time.sleep(0.02)
@@ -304,6 +312,21 @@ class Worker:
     def free_room(self) -> int:
         with self._lock:
             return self.capacity - self._held_count
+
+    def reserve_room(self, most: int) -> int:
+        """Count up to ``most`` free places as held (for a read that is
+        out); returns how many."""
+        with self._lock:
+            granted = max(0, min(most, self.capacity - self._held_count))
+            self._held_count += granted
+            return granted
+
+    def return_room(self, count: int) -> None:
+        """Give back places :meth:`reserve_room` counted."""
+        if count:
+            with self._room:
+                self._held_count -= count
+                self._room.notify_all()
 
     def _wait_for_room(self) -> int:
         with self._room:
