@@ -163,6 +163,11 @@ class Worker:
             count = self.app.partitions(sub.topic)
             sub.set_partitions([self.app.keys.partition(sub.topic, p) for p in range(count)])
         self.keeper.prepare()
+        # Before any thread runs: the keeper's first reclaim must not find
+        # a group missing and report it lost (on a cluster, readers take
+        # longer to start than the keeper).
+        for sub in self.subscriptions:
+            self.keeper.ensure_groups(self.keeper.client, sub)
         for sub in self.subscriptions:
             sets = read_sets(self.app.url, sub.partitions)
             shares = ReadShares(len(sets))
@@ -239,7 +244,6 @@ class Worker:
         # delivered to a worker that is stopping.
         reader = make_reader(self.app, partitions, blocking=bool(block and self.block_ms))
         among = None if len(shares) == 1 else frozenset(pk.stream for pk in partitions)
-        self.keeper.ensure_groups(reader.client, sub)
         self._readers[(sub, index)] = reader
         while not self._stopping.is_set():
             free = self._wait_for_room()
