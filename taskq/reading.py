@@ -25,6 +25,7 @@ thread and a connection each instead.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -110,6 +111,12 @@ class ReadShares:
         self.busy[index] = anything
 
 
+#: Tries of a read whose slot moved before the worker backs off, and the
+#: pause per try while a slot is being moved, in seconds.
+ROUTE_ATTEMPTS = 5
+MOVE_WAIT_S = 0.05
+
+
 def _raw(response: Any, **options: Any) -> Any:
     # The worker parses entries itself; redis-py's parsing would build
     # dicts it throws away.
@@ -173,20 +180,26 @@ class SlotReader(Reader):
         self._lost = False
 
     def read(self, args: Sequence[Any]) -> Any:
-        for _ in range(2):
+        for attempt in range(ROUTE_ATTEMPTS):
             node_client = self._route()
             if self.blocking and self._client_id is None:
                 self._client_id = node_client.client_id()
             try:
                 return node_client.execute_command(*args)  # type: ignore[no-untyped-call]
             except redis.exceptions.MovedError:
-                self._forget()  # resharded or failed over: route again
+                self._forget()  # the slot moved, or its master failed over
+            except redis.exceptions.AskError:
+                # The slot is being moved and the stream has gone ahead:
+                # the move completes within moments.
+                self._forget()
+                time.sleep(MOVE_WAIT_S * (attempt + 1))
             except CONNECTION_ERRORS:
                 self._forget()
                 raise
             except redis.ResponseError as exc:
-                # A master that turns into a replica ends the blocking
-                # reads it serves with an UNBLOCKED error.
+                # Blocking reads of a stream end with an UNBLOCKED error
+                # when its master becomes a replica or the stream is
+                # deleted (moved to another node).
                 if "UNBLOCKED" not in str(exc):
                     raise
                 self._forget()

@@ -249,3 +249,74 @@ def test_tasks_run_on_a_sentinel_managed_master(
         worker.stop()
         thread.join(15)
     assert sorted(ran) == list(range(50))
+
+
+# -- resharding ------------------------------------------------------------------
+
+
+def _move_slot(cluster: ClusterServers, slot: int, to_port: int) -> None:
+    """Move ``slot`` with its keys to the master on ``to_port``, the way
+    ``redis-cli --cluster reshard`` does it."""
+    masters = {node.port: redis.Redis(port=node.port) for node in cluster.primaries()}
+    try:
+        ids = {
+            port: client.execute_command("CLUSTER", "MYID")
+            for port, client in masters.items()
+        }
+        [from_port] = [
+            port
+            for port, client in masters.items()
+            if client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
+        ]
+        source, target = masters[from_port], masters[to_port]
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[from_port])
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to_port])
+        while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.execute_command(
+                "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys
+            )
+        for client in masters.values():
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])
+    finally:
+        for client in masters.values():
+            client.close()
+
+
+def test_a_partition_moved_to_another_master_keeps_being_served(
+    make_app: Any,
+    cluster_url: str,
+    redis_cluster: ClusterServers,
+    running: Any,
+    until: Any,
+) -> None:
+    app = make_app(cluster_url)
+    app.topic("moving", partitions=1)
+    ran: set[int] = set()
+
+    @app.task(topic="moving", retries=2, backoff=0.01)
+    def job(n: int, ctx: Context) -> None:
+        if n % 10 == 0 and ctx.attempt == 1:
+            raise RuntimeError("a retry on each side of the move")
+        ran.add(n)
+
+    stream = app.keys.partition("moving", 0).stream
+    client: Any = app.redis
+    before = client.node_of(stream)
+    [elsewhere] = [
+        node.port
+        for node in redis_cluster.primaries()
+        if f"127.0.0.1:{node.port}" != before
+    ][:1]
+    try:
+        with running(Worker(app, concurrency=2)):
+            job.send_many([{"n": n} for n in range(50)])
+            until(lambda: len(ran) >= 20, timeout=10)
+            _move_slot(redis_cluster, slot_of(stream), elsewhere)
+            job.send_many([{"n": n} for n in range(50, 100)])
+            until(lambda: ran == set(range(100)), timeout=20)
+            until(lambda: pending(app, "moving") == 0, timeout=10)
+        assert client.node_of(stream) == f"127.0.0.1:{elsewhere}"
+    finally:
+        # Later tests expect the slot layout redis-cli made.
+        if client.node_of(stream) != before:
+            _move_slot(redis_cluster, slot_of(stream), int(before.rsplit(":", 1)[1]))
