@@ -16,10 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.cluster
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
+
+
+def scripts_in_cluster_pipelines() -> bool:
+    """Whether this redis-py lets EVALSHA into a cluster pipeline (8.2 on)."""
+    blocked = getattr(redis.cluster, "PIPELINE_BLOCKED_COMMANDS", ())
+    return "EVALSHA" not in blocked
 
 
 def slot_of(key: str) -> int:

@@ -32,7 +32,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from taskq import defaults
-from taskq.cluster import ClusterClient
+from taskq.cluster import ClusterClient, scripts_in_cluster_pipelines
 from taskq.errors import ConfigurationError, ConnectionError
 
 CLUSTER_SCHEME = "redis+cluster"
@@ -130,6 +130,12 @@ def _hosts(url: str, default_port: int) -> list[tuple[str, int]]:
 
 
 def _cluster_client(url: str) -> ClusterClient:
+    if not scripts_in_cluster_pipelines():
+        raise ConfigurationError(
+            f"redis-py {redis.__version__} cannot send Lua scripts in a cluster "
+            "pipeline, which taskq needs on a Redis Cluster; upgrade it: "
+            "pip install 'redis>=8.2'"
+        )
     parts = urlsplit(url)
     if parts.path.strip("/") or parts.query:
         raise _invalid(
@@ -203,14 +209,15 @@ def is_memory(url: str) -> bool:
 #: On a cluster that includes a cluster that is failing over: its nodes
 #: answer CLUSTERDOWN until a replica has taken over the failed master's
 #: slots, and the client gives up when no node answers at all.
-CONNECTION_ERRORS = (
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     OSError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
-    redis.exceptions.RedisClusterUnreachableError,
+    # redis-py 8.2 and newer say so when no node of a cluster answers.
+    getattr(redis.exceptions, "RedisClusterUnreachableError", OSError),
 )
 
 
