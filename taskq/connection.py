@@ -236,27 +236,33 @@ class Outage:
     Each thread that meets a connection error calls :meth:`failed` and
     sleeps for the delay it returns (capped exponential backoff with full
     jitter, per thread); the first failure of an outage is logged as a
-    warning and its end as info, however many threads notice them.
+    warning and its end as info, however many threads notice them. The
+    outage ends when every thread that met it has got through again: on a
+    cluster whose one master is failing over, threads that talk to the
+    other masters keep succeeding all along, and say nothing about it.
     """
 
     def __init__(self, url: str, logger: Any) -> None:
         self.url = redact(url)
         self.log = logger
         self._lock = threading.Lock()
-        self._since: float | None = None
+        self._since = 0.0
+        #: Threads that failed and have not got through since.
+        self._failing: set[int] = set()
         self._local = threading.local()
 
     @property
     def down(self) -> bool:
-        return self._since is not None
+        return bool(self._failing)
 
     def failed(self, exc: BaseException) -> float:
         with self._lock:
-            if self._since is None:
+            if not self._failing:
                 self._since = time.monotonic()
                 self.log.warning(
                     "Lost the connection to Redis at %s (%s); retrying.", self.url, exc
                 )
+            self._failing.add(threading.get_ident())
         tries = getattr(self._local, "tries", 0)
         self._local.tries = tries + 1
         ceiling = min(defaults.RECONNECT_MAX_S, defaults.RECONNECT_MIN_S * 2**tries)
@@ -264,13 +270,16 @@ class Outage:
 
     def recovered(self) -> None:
         self._local.tries = 0
-        if self._since is None:
+        if not self._failing:
             return
         with self._lock:
-            if self._since is not None:
+            ident = threading.get_ident()
+            if ident not in self._failing:
+                return
+            self._failing.discard(ident)
+            if not self._failing:
                 self.log.info(
                     "Reconnected to Redis at %s after %.1f s.",
                     self.url,
                     time.monotonic() - self._since,
                 )
-                self._since = None
