@@ -58,13 +58,15 @@ def _retry() -> Retry:
     return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2)
 
 
-def _socket_options() -> dict[str, Any]:
-    return {
+def _socket_options(tcp: bool = True) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "socket_connect_timeout": defaults.CONNECT_TIMEOUT_S,
         "socket_timeout": defaults.SOCKET_TIMEOUT_S,
-        "socket_keepalive": True,
         "health_check_interval": 30,
     }
+    if tcp:  # a Unix socket connection refuses the option
+        options["socket_keepalive"] = True
+    return options
 
 
 def connect(url: str) -> redis.Redis:
@@ -89,7 +91,9 @@ def connect(url: str) -> redis.Redis:
             "unix://, redis+cluster://, redis+sentinel:// or memory://"
         )
     try:
-        return redis.Redis.from_url(url, retry=_retry(), **_socket_options())
+        return redis.Redis.from_url(
+            url, retry=_retry(), **_socket_options(tcp=scheme != "unix")
+        )
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from None
 
