@@ -18,7 +18,7 @@ import taskq
 from taskq import Context, TaskQ, Worker
 from taskq.cluster import ClusterClient, slot_of
 from taskq.connection import connect, redact
-from taskq.reading import read_sets
+from taskq.reading import ReadShares, read_sets
 from tests.clusters import ClusterServers, SentinelServers
 from tests.test_cli import cli  # noqa: F401 - a fixture
 from tests.test_worker import pending
@@ -91,6 +91,38 @@ def test_one_read_per_slot_on_a_cluster_and_one_in_all_elsewhere() -> None:
         assert {slot_of(k) for pk in one for k in (pk.stream, pk.delayed, pk.dead)} == {
             slot_of(one[0].stream)
         }
+
+
+class _Room:
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def reserve_room(self, most: int) -> int:
+        granted = min(most, self.free)
+        self.free -= granted
+        return granted
+
+    def return_room(self, count: int) -> None:
+        self.free += count
+
+
+def test_slot_readers_share_the_room_and_busy_ones_read_in_batches() -> None:
+    one = ReadShares(1)
+    with one.turn(0, free=16, streams=8, read_batch=256, room=_Room(16)) as turn:
+        assert turn == (2, True)  # one server: 2 per stream, 16 in all
+    shares = ReadShares(8)
+    room = _Room(16)
+    with shares.turn(3, free=16, streams=1, read_batch=256, room=room) as turn:
+        assert turn == (2, True)  # quiet: an even share, blocking
+    shares.found(3, True)
+    with shares.turn(3, free=16, streams=1, read_batch=256, room=room) as turn:
+        assert turn == (16, False)  # busy: all the room, at once
+        assert room.free == 0  # reserved while the read is out
+        with shares.turn(3, free=0, streams=1, read_batch=256, room=room) as other:
+            assert other == (0, False)
+    assert room.free == 16
+    with shares.turn(3, free=16, streams=1, read_batch=10, room=room) as turn:
+        assert turn == (10, False)
 
 
 def test_the_slot_check_catches_a_script_over_two_slots(
