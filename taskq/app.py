@@ -397,7 +397,7 @@ class TaskQ:
         backoff: BackoffOption = None,
         timeout: float | None = None,
         lease: float | None = None,
-        ordered: bool = True,
+        ordered: bool = False,
     ) -> Callable[[Callable[..., Any]], Digest]:
         """Register a digest of ``topic``'s events, grouped by ``key`` (a
         field of the event, or a callable of it).
@@ -410,8 +410,8 @@ class TaskQ:
         of a tick that is not run stay for the next one. The digest is a
         consumer group of the topic named after the function (or
         ``name``), which workers serve; the other options are those of
-        :meth:`consumer`. Collection is ordered by default, so each key's
-        events reach the handler in the order they were published.
+        :meth:`consumer`. The events of one call are in the order they were
+        published (publish them with the digest key as their message key).
         """
         if callable(topic):
             raise ConfigurationError(

@@ -5,6 +5,11 @@ from __future__ import annotations
 #: Redis URL used when neither ``TaskQ(url)`` nor ``TASKQ_URL`` gives one.
 REDIS_URL = "redis://localhost:6379/0"
 
+#: Port of a Redis server, and of a sentinel, when a cluster or sentinel
+#: URL names a host without one.
+REDIS_PORT = 6379
+SENTINEL_PORT = 26379
+
 #: Environment variable read by ``TaskQ()`` when no URL is passed.
 URL_ENV = "TASKQ_URL"
 

@@ -79,8 +79,10 @@ class Subscription:
         self.skipped[pk] = until
         self._read_args = None
 
-    def read_args(self, now: float) -> list[Any]:
-        """``STREAMS s1 s2 ... > > ...`` for the partitions to read now."""
+    def read_args(self, now: float, among: frozenset[str] | None = None) -> list[Any]:
+        """``STREAMS s1 s2 ... > > ...`` for the partitions to read now;
+        only streams in ``among`` when it is given (on a cluster, a
+        reader reads the streams of one slot)."""
         if self.skipped and min(self.skipped.values()) <= now:
             self.skipped = {pk: t for pk, t in self.skipped.items() if t > now}
             self._read_args = None
@@ -91,7 +93,11 @@ class Subscription:
                 if pk in self.reading and pk not in self.skipped
             ]
             self._read_args = ["STREAMS", *streams, *([">"] * len(streams))]
-        return self._read_args
+        if among is None:
+            return self._read_args
+        count = (len(self._read_args) - 1) // 2
+        mine = [s for s in self._read_args[1 : 1 + count] if s in among]
+        return ["STREAMS", *mine, *([">"] * len(mine))]
 
     def handler_for(self, fields: wire.Fields) -> Handler | Rejection:
         """The handler of an entry, or why it has none."""

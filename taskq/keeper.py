@@ -563,12 +563,15 @@ class Keeper:
             pipe.zremrangebyscore(
                 keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000)
             )
-            pipe.time()
         self._beats += 1
-        results = pipe.execute()
+        pipe.execute()
         if housekeeping:
-            server_time = results[-1]
-            local_ms = (time.time() * 1000 + now_ms) / 2
+            # TIME goes on its own: a cluster pipeline takes keyed commands
+            # only. (On a cluster it is one node's clock; masters kept in
+            # step by NTP differ by far less than the poll interval.)
+            before_ms = time.time() * 1000
+            server_time = self.client.time()
+            local_ms = (time.time() * 1000 + before_ms) / 2
             self._clock_offset_ms = (
                 server_time[0] * 1000 + server_time[1] / 1000 - local_ms
             )

@@ -146,6 +146,9 @@ class Scripts:
 
     def execute(self, pipe: Any, raise_on_error: bool = True) -> list[Any]:
         """Execute a pipeline that may hold script calls."""
+        if not isinstance(pipe, redis.client.Pipeline):
+            # A cluster pipeline (taskq.cluster) reloads scripts itself.
+            return list(pipe.execute(raise_on_error=raise_on_error))
         stack = [(args, options) for args, options in pipe.command_stack]
         results: list[Any] = pipe.execute(raise_on_error=False)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
@@ -177,8 +180,8 @@ class Scripts:
     ) -> Any:
         """Schedule another attempt and acknowledge this copy.
 
-        Returns the due time in ms, or None when another consumer holds the
-        entry now.
+        Returns the due time in ms, or None when this consumer no longer
+        holds the entry (another took it over, or it was settled).
         """
         return self._call(
             self._retry,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from taskq.cluster import ClusterClient
 from taskq.message import entry_ms
 
 if TYPE_CHECKING:
@@ -100,12 +101,21 @@ def collect(app: TaskQ, topics: list[str] | None = None) -> Stats:
                 length=_int(length),
                 delayed=_int(delayed),
                 dead=_int(dead),
+                node=_node(client, pk.stream),
             )
             if isinstance(groups, list):
                 for info in groups:
                     stats.groups.append(_group_stats(client, pk.stream, info, now_ms))
             partitions.append(stats)
     return Stats(partitions=partitions, workers=workers(app))
+
+
+def _node(client: redis.Redis, key: str) -> str | None:
+    # A partition's keys share its hash tag, so its stream's node holds
+    # all of them.
+    if isinstance(client, ClusterClient):
+        return client.node_of(key)
+    return None
 
 
 def _group_stats(

@@ -7,6 +7,7 @@ being asked to (a crash, the OOM killer). It exits once every child has.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import subprocess
@@ -15,15 +16,32 @@ from types import FrameType
 
 log = logging.getLogger("taskq.supervisor")
 
+#: prctl() option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
 #: A child that dies sooner than this after its start is restarted only
 #: after this long, so a worker that cannot start does not spin.
 RESTART_PAUSE_S = 1.0
 
 
+def _start(argv: list[str]) -> subprocess.Popen[bytes]:
+    # A session of its own: Ctrl-C in a terminal reaches the supervisor,
+    # which passes it on once, not every child at the same time.
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the supervisor dies (Linux only), so no
+    worker is left running without it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def supervise(count: int, argv: list[str]) -> int:
-    children: list[subprocess.Popen[bytes]] = [
-        subprocess.Popen(argv) for _ in range(count)
-    ]
+    children: list[subprocess.Popen[bytes]] = [_start(argv) for _ in range(count)]
     started = [time.monotonic()] * count
     stopping = False
 
@@ -56,7 +74,7 @@ def supervise(count: int, argv: list[str]) -> int:
             )
             if time.monotonic() - started[n] < RESTART_PAUSE_S:
                 time.sleep(RESTART_PAUSE_S)
-            children[n] = subprocess.Popen(argv)
+            children[n] = _start(argv)
             started[n] = time.monotonic()
             alive = True
         if not alive:

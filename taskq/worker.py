@@ -3,7 +3,8 @@
 Threads of one worker process and what each owns:
 
 * one **reader** per (topic, group): XREADGROUP over the partitions it
-  reads, only while the worker has room for more;
+  reads, only while the worker has room for more (on a Redis Cluster, one
+  reader per slot: see ``reading.py``);
 * ``concurrency`` **handler threads**: run one delivery at a time;
 * the **settler** (``settler.py``): acknowledges, retries and dead-letters
   finished deliveries in pipelined batches;
@@ -29,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -41,6 +42,7 @@ from taskq.handlers import Handler
 from taskq.keeper import Keeper
 from taskq.keys import PartitionKeys
 from taskq.ownership import Ownership
+from taskq.reading import Reader, ReadShares, make_reader, read_sets
 from taskq.runner import Runner
 from taskq.scheduler import Scheduler
 from taskq.scripts import chunks, pack_message
@@ -51,6 +53,10 @@ if TYPE_CHECKING:
     from taskq.app import TaskQ
 
 log = logging.getLogger("taskq.worker")
+
+#: A second SIGTERM or SIGINT stops a worker at once, unless it comes this
+#: soon after the first (then it is the same request, delivered twice), s.
+SIGNAL_GRACE_S = 1.0
 
 #: Most deliveries of ordered handlers a worker keeps waiting for their key
 #: (or for a retry) before it stops reading more.
@@ -132,8 +138,10 @@ class Worker:
         self._reader_waiting = False
         #: handler thread id -> the delivery it is running.
         self._running: dict[int, Delivery] = {}
-        self._idle_readers: set[Subscription] = set()
-        self._reader_ids: dict[Subscription, int] = {}
+        #: subscription -> its readers (by index) that found nothing new.
+        self._idle_readers: dict[Subscription, set[int]] = {}
+        self._readers: dict[tuple[Subscription, int], Reader] = {}
+        self._reader_count = 0
 
         self.stopping = threading.Event()  # stop reading
         self._draining = False  # handler threads start nothing new
@@ -191,7 +199,14 @@ class Worker:
             )
         self.keeper.prepare()
         for sub in self.subscriptions:
-            self._spawn(f"taskq-reader-{sub.topic}-{sub.group}", self._read_loop, sub)
+            sets = read_sets(self.app.url, sub.partitions)
+            shares = ReadShares(len(sets))
+            for index, partitions in enumerate(sets):
+                name = f"taskq-reader-{sub.topic}-{sub.group}"
+                if len(sets) > 1:
+                    name += f"-{index}"
+                self._spawn(name, self._read_loop, sub, partitions, index, shares)
+                self._reader_count += 1
         for n in range(self.concurrency):
             self._spawn(f"taskq-handler-{n}", self._work_loop)
         self._spawn("taskq-settler", self.settler.loop)
@@ -223,13 +238,22 @@ class Worker:
         self.stopping.set()
 
     def _install_signal_handlers(self) -> None:
+        first: list[float] = []
+
         def handle(signum: int, frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
-            if self.stopping.is_set():
-                log.warning("%s again: stopping now, without waiting.", name)
-            else:
+            if not first:
+                first.append(time.monotonic())
                 log.info("%s: stopping after the running tasks finish.", name)
-            self.stop()
+                self.stop()
+            elif time.monotonic() - first[0] < SIGNAL_GRACE_S:
+                # The same request twice: Ctrl-C reaches a whole process
+                # group, and a service manager may signal every process
+                # while a supervisor passes the signal on as well.
+                pass
+            else:
+                log.warning("%s again: stopping now, without waiting.", name)
+                self.stop(graceful=False)
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
@@ -242,7 +266,8 @@ class Worker:
     def _drained(self) -> bool:
         with self._lock:
             return (
-                len(self._idle_readers) == len(self.subscriptions)
+                sum(len(idle) for idle in self._idle_readers.values())
+                == self._reader_count
                 and self._unfinished == 0
                 and self._parked == 0
                 and not any(self.held.values())
@@ -251,69 +276,76 @@ class Worker:
 
     # -- reading -------------------------------------------------------------------
 
-    def _read_loop(self, sub: Subscription) -> None:
-        client = self.app.new_client(
-            f"taskq-reader:{self.id}", extra_timeout=self.block_ms / 1000
-        )
-        client.set_response_callback("XREADGROUP", lambda response, **options: response)
+    def _read_loop(
+        self,
+        sub: Subscription,
+        partitions: list[PartitionKeys],
+        index: int,
+        shares: ReadShares,
+    ) -> None:
+        """Read ``partitions`` of ``sub``: all of them, or on a cluster those
+        of one slot, as reader ``index`` of ``shares``."""
         block: list[Any] = [] if self.burst else ["BLOCK", self.block_ms]
+        # The reader remembers its connection's client id, so stop() can
+        # end a blocking read at once (CLIENT UNBLOCK) and no entry is
+        # delivered to a worker that is stopping.
+        reader = make_reader(
+            self.app,
+            partitions,
+            blocking=bool(block and self.block_ms),
+            name=f"taskq-reader:{self.id}",
+            extra_timeout=self.block_ms / 1000,
+        )
+        among = None if len(shares) == 1 else frozenset(pk.stream for pk in partitions)
+        self._readers[(sub, index)] = reader
         while not self.stopping.is_set():
             free = self._wait_for_room()
             if free <= 0:
                 continue
-            tail = sub.read_args(time.monotonic())
+            tail = sub.read_args(time.monotonic(), among)
             streams = (len(tail) - 1) // 2
             if not streams:
                 # Nothing to read now (an ordered subscription that owns no
-                # partition yet, or broken keys): look again shortly.
-                with self._lock:
-                    self._idle_readers.add(sub)
+                # partition here yet, or broken keys): look again shortly.
+                self._set_idle(sub, index)
                 sub.changed.wait(0.5)
                 sub.changed.clear()
                 continue
-            count = min(self.read_batch, -(-free // streams))
-            try:
-                self._remember_reader(client, sub)
-                response = cast(Any, client).execute_command(
-                    "XREADGROUP",
-                    "GROUP",
-                    sub.group,
-                    self.id,
-                    "COUNT",
-                    count,
-                    *block,
-                    *tail,
-                )
-            except CONNECTION_ERRORS as exc:
-                if self.stopping.is_set():
-                    break
-                self._reader_ids.pop(sub, None)
-                time.sleep(self.outage.failed(exc))
-                continue
-            except redis.ResponseError as exc:
-                if self.stopping.is_set():
-                    break
-                self.keeper.read_failed(client, sub, exc)
-                continue
-            self.outage.recovered()
-            if response:
-                self._accept(sub, response)
-            elif self.burst:
-                with self._lock:
-                    self._idle_readers.add(sub)
+            with shares.turn(index, free, streams, self.read_batch, self) as (
+                count,
+                wait,
+            ):
+                if not count:
+                    continue
+                try:
+                    response = reader.read(
+                        ["XREADGROUP", "GROUP", sub.group, self.id, "COUNT", count]
+                        + (block if wait else [])
+                        + tail
+                    )
+                except CONNECTION_ERRORS as exc:
+                    if self.stopping.is_set():
+                        break
+                    time.sleep(self.outage.failed(exc))
+                    continue
+                except redis.ResponseError as exc:
+                    if self.stopping.is_set():
+                        break
+                    self.keeper.read_failed(reader.client, sub, exc)
+                    continue
+                self.outage.recovered()
+                if response:
+                    self._accept(sub, response)
+                shares.found(index, bool(response))
+            if not response and self.burst:
+                self._set_idle(sub, index)
                 time.sleep(0.02)
-        self._reader_ids.pop(sub, None)
-        client.close()
+        self._readers.pop((sub, index), None)
+        reader.close()
 
-    def _remember_reader(self, client: redis.Redis, sub: Subscription) -> None:
-        # The client id lets stop() end a blocking read at once (CLIENT
-        # UNBLOCK), so no entry is delivered to a worker that is stopping.
-        if (
-            sub not in self._reader_ids
-            and self.block_ms
-            and not is_memory(self.app.url)
-        ):
-            self._reader_ids[sub] = client.client_id()
+    def _set_idle(self, sub: Subscription, index: int) -> None:
+        with self._lock:
+            self._idle_readers.setdefault(sub, set()).add(index)
 
     def _accept(self, sub: Subscription, response: Any) -> None:
         if isinstance(response, dict):  # RESP3
@@ -334,9 +366,8 @@ class Worker:
     def not_idle(self, topics: set[str]) -> None:
         """New entries may have arrived in these topics (burst mode)."""
         with self._lock:
-            self._idle_readers = {
-                s for s in self._idle_readers if s.topic not in topics
-            }
+            for sub in [s for s in self._idle_readers if s.topic in topics]:
+                del self._idle_readers[sub]
 
     def reading_changed(self, sub: Subscription) -> None:
         """The partitions ``sub`` reads changed: let its reader see it now."""
@@ -345,19 +376,9 @@ class Worker:
 
     def unblock_readers(self, subs: Iterable[Subscription] | None = None) -> None:
         """End blocking reads now (they return empty)."""
-        ids = [
-            client_id
-            for sub, client_id in list(self._reader_ids.items())
-            if subs is None or sub in subs
-        ]
-        if not ids:
-            return
-        try:
-            client = self.keeper.client
-            for client_id in ids:
-                client.client_unblock(client_id)
-        except (redis.RedisError, OSError):
-            pass  # the reads end by themselves within block_ms
+        for (sub, _), reader in list(self._readers.items()):
+            if subs is None or sub in subs:
+                reader.unblock(self.keeper.client)
 
     # -- holding -------------------------------------------------------------------
 
@@ -368,7 +389,7 @@ class Worker:
             return
         runnable: list[Delivery] = []
         with self._lock:
-            self._idle_readers.discard(batch[0].sub)
+            self._idle_readers.pop(batch[0].sub, None)
             for delivery in batch:
                 sub = delivery.sub
                 if sub.ordered and delivery.pk not in sub.accepting:
@@ -378,7 +399,9 @@ class Worker:
                     ownership = self.ownerships[sub]
                     if delivery.pk not in ownership.tokens:
                         continue
-                self.held.setdefault((sub.group, delivery.pk), {})[delivery.id] = delivery
+                self.held.setdefault((sub.group, delivery.pk), {})[delivery.id] = (
+                    delivery
+                )
                 if delivery.lost:
                     continue
                 if not self.sequenced(delivery) or self.sequencer.admit(delivery):
@@ -401,6 +424,21 @@ class Worker:
     def free_room(self) -> int:
         with self._lock:
             return self.capacity - self._unfinished
+
+    def reserve_room(self, most: int) -> int:
+        """Count up to ``most`` free places as taken (for a read that is
+        out); returns how many."""
+        with self._lock:
+            granted = max(0, min(most, self.capacity - self._unfinished))
+            self._unfinished += granted
+            return granted
+
+    def return_room(self, count: int) -> None:
+        """Give back places :meth:`reserve_room` counted."""
+        if count:
+            with self._room:
+                self._unfinished -= count
+                self._room.notify_all()
 
     def _wait_for_room(self) -> int:
         with self._room:

@@ -2,9 +2,19 @@
 
 The suite never touches a Redis it did not start: the session starts
 ``redis-server`` on a free loopback port (persistence off) and stops it at
-the end. Each test gets its own namespace, so tests never see each
-other's keys. Without a ``redis-server`` binary the tests that need one are
-skipped, or fail when the ``CI`` environment variable is set.
+the end, and likewise a Redis Cluster of three masters with a replica each
+(``tests/clusters.py``) the first time a test asks for it. Each test gets
+its own namespace, so tests never see each other's keys. Without the
+``redis-server`` (and, for the cluster, ``redis-cli``) binaries the tests
+that need them are skipped, or fail when the ``CI`` environment variable
+is set.
+
+Contract tests take the ``app`` fixture (or ``backend_url``) and run on
+every backend: ``memory://``, one Redis, and the cluster. A test that
+only makes sense on one server takes ``redis_app`` instead.
+
+Every Lua script call in the suite is checked: its keys must share one
+hash slot, or the test fails (a cluster would refuse the call).
 """
 
 from __future__ import annotations
@@ -16,11 +26,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis.commands.core import Script
+from redis.crc import key_slot
 
 from taskq import TaskQ, Worker
+from tests.clusters import ClusterServers, SentinelServers, find_redis_cli
 from tests.support import RedisServer, bind_app, find_redis_server, wait_for
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "cluster"]
 
 
 def _missing_redis(reason: str) -> None:
@@ -40,6 +53,66 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    server, cli = find_redis_server(), find_redis_cli()
+    if server is None or cli is None:
+        _missing_redis("redis-server and redis-cli are needed for a Redis Cluster")
+    cluster = ClusterServers(server, cli, tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: ClusterServers) -> str:
+    """The session's cluster, healed first if a test left a node down."""
+    if not redis_cluster.healthy():
+        redis_cluster.heal()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def sentinels(tmp_path: Any) -> Iterator[SentinelServers]:
+    """A master, its replica and three sentinels, for one test."""
+    server = find_redis_server()
+    if server is None:
+        _missing_redis("redis-server is not installed")
+    servers = SentinelServers(server, tmp_path)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(autouse=True)
+def scripts_touch_one_slot(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail the test if any Lua script is called with keys of two slots.
+
+    The call raises too, but it may run in a worker thread that only logs
+    the error, so the test fails at its end as well.
+    """
+    violations: list[str] = []
+    call = Script.__call__
+
+    def checked(
+        self: Script, keys: Any = None, args: Any = None, client: Any = None
+    ) -> Any:
+        encoded = [k.encode() if isinstance(k, str) else bytes(k) for k in keys or ()]
+        if len({key_slot(k) for k in encoded}) > 1:
+            problem = f"a Lua script was called with keys of several slots: {encoded!r}"
+            violations.append(problem)
+            raise AssertionError(problem)
+        return call(self, keys, args, client)
+
+    monkeypatch.setattr(Script, "__call__", checked)
+    yield violations
+    assert not violations, violations
+
+
 @pytest.fixture
 def namespace() -> str:
     return "t" + uuid.uuid4().hex[:12]
@@ -57,6 +130,8 @@ def backend_url(request: pytest.FixtureRequest, namespace: str) -> str:
     """A URL for each backend the contract tests run on."""
     if request.param == "memory":
         return f"memory://{namespace}"
+    if request.param == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
     return str(request.getfixturevalue("redis_url"))
 
 

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,18 @@ def wait_for(
 class RedisServer:
     """A redis-server on a free loopback port, in a folder of its own."""
 
-    def __init__(self, binary: str, folder: Path, *, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        binary: str,
+        folder: Path,
+        *,
+        persistent: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.binary = binary
         self.folder = folder
         self.persistent = persistent
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -84,6 +92,7 @@ class RedisServer:
             "noeviction",
             "--logfile",
             str(self.folder / "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -524,3 +524,27 @@ def test_a_batch_whose_worker_died_on_its_last_attempt_leaves_nothing_behind(
     assert letter[b"reason"] == b"worker_lost"
     assert b'"text":"x"' in letter[b"message:payload"]
     assert ran == []
+
+
+def test_a_call_gets_its_events_in_the_order_they_were_published(
+    app: TaskQ, running: Any, until: Any
+) -> None:
+    clock = ManualClock(utc("2026-12-07T00:00Z"))
+    app.clock = clock
+    received: list[list[int]] = []
+
+    @app.digest("notifications", key="user_id", cron="0 8 * * *")
+    def in_order(user_id: str, events: list[dict[str, Any]]) -> None:
+        received.append([int(e["n"]) for e in events])
+
+    scheduler = Scheduler(app)
+    walk(clock, scheduler, utc("2026-12-07T10:00Z"), timedelta(hours=1))
+    for n in range(60):
+        app.publish("notifications", {"user_id": "u1", "n": n}, key="u1")
+    # Eight handler threads collect side by side, in whatever order.
+    with running(Worker(app, concurrency=8)):
+        until(lambda: window_sizes(app, in_order)[0] == 60, timeout=30)
+        clock.set(utc("2026-12-08T08:00Z"))
+        scheduler.run_pending()
+        until(lambda: received, timeout=30)
+    assert received == [list(range(60))]

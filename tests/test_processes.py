@@ -117,3 +117,49 @@ def _children(pid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[1]) == pid:
             found.append(int(proc.name))
     return sorted(found)
+
+
+def test_ctrl_c_on_the_process_group_stops_gracefully(
+    counter: Any, redis_url: str, namespace: str
+) -> None:
+    """Ctrl-C in a terminal signals the supervisor and, without care, every
+    child too; the running tasks must still finish."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, wait_for
+
+    app, record = counter.app, counter.record
+    record.send_many([{"key": f"k{n}", "n": n, "sleep": 1.5} for n in range(4)])
+    env = dict(os.environ, TASKQ_URL=redis_url, TASKQ_TEST_NAMESPACE=namespace)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taskq",
+            "worker",
+            "tests.apps.counter:app",
+            "-p",
+            "2",
+            "-c",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: app.redis.llen(counter.STARTS) == 4, timeout=30)
+        os.killpg(parent.pid, signal.SIGINT)
+        output, _ = parent.communicate(timeout=30)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
+    assert parent.returncode == 0, output.decode()
+    assert "again" not in output.decode()
+    assert app.redis.hlen(counter.RUNS) == 4

@@ -11,14 +11,15 @@
 -- ARGV[5]  (owned partitions) the owner's "member|token", else ""
 -- ARGV[6..] field, value, field, value, ... of the dead-letter record
 --
--- Returns the id of the record, or false when another consumer holds the
--- entry now (it was reclaimed; the holder decides its fate), or when the
--- caller's lease of an owned partition ran out.
+-- Returns the id of the record, or false when this consumer no longer
+-- holds the entry (it was reclaimed, and the holder decides its fate; or
+-- it was settled already), or when the caller's lease of an owned
+-- partition ran out.
 
 if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[5] then
   return false
 end
-if held_by_other(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then
+if not held_by(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then
   return false
 end
 local record = {}

@@ -38,6 +38,28 @@ local max_events = tonumber(ARGV[2])
 local budget = tonumber(ARGV[3])
 local batches, moved = 0, 0
 
+-- Where an event stands in its partition's stream, from its message id
+-- ("topic:partition:ms-seq"): events are collected side by side, so a
+-- batch is put back in the order they were published. Ids without a
+-- position (a delayed send) keep their place by collection.
+local function position(origin, index)
+  local ms, seq = string.match(origin, ':(%d+)%-(%d+)$')
+  if ms then
+    return {tonumber(ms), tonumber(seq), index}
+  end
+  return {math.huge, 0, index}
+end
+
+local function before(a, b)
+  if a[1] ~= b[1] then
+    return a[1] < b[1]
+  end
+  if a[2] ~= b[2] then
+    return a[2] < b[2]
+  end
+  return a[3] < b[3]
+end
+
 local function parse(item)
   local first = string.find(item, ' ', 1, true)
   local second = string.find(item, ' ', first + 1, true)
@@ -72,6 +94,16 @@ while moved < budget do
     end
   end
   if #events > 0 then
+    local order = {}
+    for i, origin in ipairs(origins) do
+      order[i] = position(origin, i)
+    end
+    table.sort(order, before)
+    local published = {}
+    for i, place in ipairs(order) do
+      published[i] = events[place[3]]
+    end
+    events = published
     local batch = string.format('%012d', redis.call('HINCRBY', KEYS[2], 'batch', 1))
     for i, member in ipairs(taken) do
       redis.call('ZREM', KEYS[4], member)

@@ -67,3 +67,12 @@ local function trim_acknowledged(stream)
   return redis.call('XTRIM', stream, 'MINID',
     string.format('%.0f-%.0f', keep_ms, keep_seq))
 end
+
+-- True when the entry is pending for `consumer`. Settling steps check this
+-- rather than held_by_other, so that running one again (its reply was lost
+-- with the connection, and the caller sent it a second time) finds the
+-- entry settled and does nothing, instead of scheduling a second copy.
+local function held_by(stream, group, id, consumer)
+  local pending = redis.call('XPENDING', stream, group, id, id, 1)
+  return pending[1] ~= nil and pending[1][2] == consumer
+end

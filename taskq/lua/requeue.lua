@@ -9,13 +9,13 @@
 -- ARGV[2]  consumer
 -- ARGV[3..] entry id, packed message, entry id, packed message, ...
 --
--- Returns the number of entries handed back; an entry another consumer
--- holds already is left alone.
+-- Returns the number of entries handed back; an entry this consumer no
+-- longer holds (another took it over, or it was settled) is left alone.
 
 local count = 0
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
-  if not held_by_other(KEYS[1], ARGV[1], id, ARGV[2]) then
+  if held_by(KEYS[1], ARGV[1], id, ARGV[2]) then
     redis.call('XADD', KEYS[1], '*', unpack(unpack_message(ARGV[i + 1])))
     redis.call('XACK', KEYS[1], ARGV[1], id)
     count = count + 1

@@ -10,10 +10,11 @@
 -- ARGV[4]  delay in ms, counted from the server's clock
 -- ARGV[5]  packed message of the next attempt
 --
--- Returns the due time in ms, or false when another consumer holds the
--- entry now (this one lost its lease; the holder decides what happens).
+-- Returns the due time in ms, or false when this consumer no longer holds
+-- the entry: another took it over (this one lost its lease; the holder
+-- decides what happens), or it was settled already.
 
-if held_by_other(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then
+if not held_by(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then
   return false
 end
 local due = now_ms() + tonumber(ARGV[4])
