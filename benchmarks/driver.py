@@ -1,0 +1,82 @@
+"""A producer process for one queue, driven over stdin and stdout.
+
+``python -m benchmarks.driver MODULE`` imports ``benchmarks.apps.MODULE``
+and answers one JSON line per request:
+
+* ``{"op": "enqueue", "task": T, "n": N, "batch": B}`` sends tasks
+  ``0..N-1`` one call each (or with the queue's bulk API when B) through
+  a fresh producer and returns ``{"seconds": ...}``, the time of the sends
+  alone (the producer is made and warmed up with one ``noop`` first);
+* ``{"op": "paced", "task": T, "n": N, "rate": R}`` sends N tasks one at a
+  time, R per second, each carrying its send time in microseconds.
+
+Keeping the process between runs spares the queue's import time; a fresh
+producer per request copes with the flush between runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from benchmarks.apps.common import now_us
+
+
+def handle(module: Any, request: dict[str, Any]) -> dict[str, Any]:
+    producer = module.make_producer()
+    try:
+        producer.send("noop", 0)
+        task, n = request["task"], request["n"]
+        if request["op"] == "enqueue":
+            values = list(range(n))
+            started = time.perf_counter()
+            if request.get("batch"):
+                producer.send_many(task, values)
+            else:
+                send = producer.send
+                for value in values:
+                    send(task, value)
+            return {"seconds": time.perf_counter() - started}
+        if request["op"] == "paced":
+            interval = 1.0 / request["rate"]
+            next_at = time.perf_counter()
+            for _ in range(n):
+                producer.send(task, now_us())
+                next_at += interval
+                pause = next_at - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+            return {"seconds": 0.0}
+        raise ValueError(f"unknown op {request['op']!r}")
+    finally:
+        producer.close()
+
+
+def main() -> None:
+    # Answers go to the original stdout; anything the queue prints goes to
+    # stderr, so it cannot corrupt the answers.
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        module = importlib.import_module(f"benchmarks.apps.{sys.argv[1]}")
+    except Exception as exc:
+        answers.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        return
+    answers.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        try:
+            answer = handle(module, json.loads(line))
+        except Exception as exc:
+            traceback.print_exc()
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        answers.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    main()
