@@ -20,37 +20,19 @@ import importlib
 import json
 import os
 import sys
-import time
 import traceback
 from typing import Any
-
-from benchmarks.apps.common import now_us
 
 
 def handle(module: Any, request: dict[str, Any]) -> dict[str, Any]:
     producer = module.make_producer()
     try:
-        producer.send("noop", 0)
-        task, n = request["task"], request["n"]
         if request["op"] == "enqueue":
-            values = list(range(n))
-            started = time.perf_counter()
-            if request.get("batch"):
-                producer.send_many(task, values)
-            else:
-                send = producer.send
-                for value in values:
-                    send(task, value)
-            return {"seconds": time.perf_counter() - started}
+            values = list(range(request["n"]))
+            seconds = producer.enqueue(request["task"], values, bool(request.get("batch")))
+            return {"seconds": seconds}
         if request["op"] == "paced":
-            interval = 1.0 / request["rate"]
-            next_at = time.perf_counter()
-            for _ in range(n):
-                producer.send(task, now_us())
-                next_at += interval
-                pause = next_at - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
+            producer.paced(request["task"], request["n"], request["rate"])
             return {"seconds": 0.0}
         raise ValueError(f"unknown op {request['op']!r}")
     finally:

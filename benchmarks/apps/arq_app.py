@@ -8,6 +8,8 @@ from the profile. arq has no bulk send; batched sends are concurrent
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from arq import create_pool
@@ -19,7 +21,7 @@ from benchmarks.apps.common import (
     LATENCIES,
     PROFILE,
     URL,
-    AsyncRunner,
+    AsyncProducer,
     gather_chunks,
     now_us,
 )
@@ -47,24 +49,25 @@ async def lat(ctx: dict[str, Any], n: int) -> None:
 class WorkerSettings:
     functions = [noop, incr, sleep10, lat]
     redis_settings = SETTINGS
-    # Default max_jobs is 10.
+    # Defaults: max_jobs 10, a poll of the queue every 0.5 s.
     max_jobs = CONCURRENCY or (100 if PROFILE == "tuned" else 10)
+    poll_delay = 0.005 if PROFILE == "tuned" else 0.5
 
 
-class Producer:
-    def __init__(self) -> None:
-        self.runner = AsyncRunner()
-        self.pool = self.runner.run(create_pool(SETTINGS))
+class Producer(AsyncProducer):
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        self.pool = await create_pool(SETTINGS)
+        try:
+            yield
+        finally:
+            await self.pool.aclose()
 
-    def send(self, task: str, n: int) -> None:
-        self.runner.run(self.pool.enqueue_job(task, n))
+    async def asend(self, task: str, n: int) -> None:
+        await self.pool.enqueue_job(task, n)
 
-    def send_many(self, task: str, values: list[int]) -> None:
-        self.runner.run(gather_chunks(lambda n: self.pool.enqueue_job(task, n), values))
-
-    def close(self) -> None:
-        self.runner.run(self.pool.aclose())
-        self.runner.close()
+    async def asend_many(self, task: str, values: list[int]) -> None:
+        await gather_chunks(lambda n: self.pool.enqueue_job(task, n), values)
 
 
 def make_producer() -> Producer:

@@ -15,14 +15,14 @@ from typing import Any
 
 import redis
 
-from benchmarks.apps.common import COUNTER, LATENCIES, URL, now_us, sync_client
+from benchmarks.apps.common import Producer as BaseProducer, COUNTER, LATENCIES, URL, now_us, sync_client
 
 STREAM = "ceiling:stream"
 GROUP = "ceiling"
 BATCH = 1000
 
 
-class Producer:
+class Producer(BaseProducer):
     def __init__(self) -> None:
         self.client = sync_client()
 

@@ -11,7 +11,7 @@ import time
 
 from celery import Celery, group
 
-from benchmarks.apps.common import COUNTER, LATENCIES, URL, now_us, sync_client
+from benchmarks.apps.common import Producer as BaseProducer, COUNTER, LATENCIES, URL, now_us, sync_client
 
 
 def make_app() -> Celery:
@@ -49,7 +49,7 @@ def lat(n: int) -> None:
     redis.rpush(LATENCIES, now_us() - n)
 
 
-class Producer:
+class Producer(BaseProducer):
     def __init__(self) -> None:
         # A fresh app per producer: kombu remembers which queues it
         # declared, and the suite flushes Redis between runs.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -19,9 +20,6 @@ URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:1/0")
 PROFILE = os.environ.get("BENCH_PROFILE", "default")
 #: Concurrency asked for by a workload (the 10 ms sleeping handler).
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "0"))
-
-T = TypeVar("T")
-
 
 def now_us() -> int:
     return time.time_ns() // 1000
@@ -43,17 +41,83 @@ def async_client() -> redis.asyncio.Redis:
     return client
 
 
-class AsyncRunner:
-    """Runs a producer's coroutines on one event loop of its own."""
+class Producer:
+    """Sends tasks through a queue's API; one per request of the driver.
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    ``enqueue`` returns the seconds the sends took; the first send (a
+    ``noop``) warms the connection up and is not timed.
+    """
 
-    def run(self, coro: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(coro)  # type: ignore[arg-type]
+    def send(self, task: str, n: int) -> None:
+        raise NotImplementedError
+
+    def send_many(self, task: str, values: list[int]) -> None:
+        raise NotImplementedError
+
+    def enqueue(self, task: str, values: list[int], batch: bool) -> float:
+        self.send("noop", 0)
+        started = time.perf_counter()
+        if batch:
+            self.send_many(task, values)
+        else:
+            send = self.send
+            for n in values:
+                send(task, n)
+        return time.perf_counter() - started
+
+    def paced(self, task: str, count: int, rate: float) -> None:
+        """Send ``count`` tasks, ``rate`` per second, each carrying its
+        send time in microseconds."""
+        interval = 1.0 / rate
+        next_at = time.perf_counter()
+        for _ in range(count):
+            self.send(task, now_us())
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.perf_counter()))
 
     def close(self) -> None:
-        self.loop.close()
+        pass
+
+
+class AsyncProducer(Producer):
+    """A producer for an asyncio queue: each request runs as one coroutine
+    inside ``session()`` (some clients must be entered and left in the
+    same task)."""
+
+    def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return contextlib.nullcontext()  # type: ignore[return-value]
+
+    async def asend(self, task: str, n: int) -> None:
+        raise NotImplementedError
+
+    async def asend_many(self, task: str, values: list[int]) -> None:
+        raise NotImplementedError
+
+    def enqueue(self, task: str, values: list[int], batch: bool) -> float:
+        async def go() -> float:
+            async with self.session():
+                await self.asend("noop", 0)
+                started = time.perf_counter()
+                if batch:
+                    await self.asend_many(task, values)
+                else:
+                    for n in values:
+                        await self.asend(task, n)
+                return time.perf_counter() - started
+
+        return asyncio.run(go())
+
+    def paced(self, task: str, count: int, rate: float) -> None:
+        async def go() -> None:
+            async with self.session():
+                interval = 1.0 / rate
+                next_at = time.perf_counter()
+                for _ in range(count):
+                    await self.asend(task, now_us())
+                    next_at += interval
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+        asyncio.run(go())
 
 
 async def gather_chunks(

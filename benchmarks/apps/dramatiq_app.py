@@ -12,6 +12,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from benchmarks.apps.common import COUNTER, LATENCIES, URL, now_us, sync_client
+from benchmarks.apps.common import Producer as BaseProducer
 
 broker = RedisBroker(url=URL)
 dramatiq.set_broker(broker)
@@ -42,7 +43,7 @@ def lat(n: int) -> None:
 TASKS = {a.actor_name: a for a in (noop, incr, sleep10, lat)}
 
 
-class Producer:
+class Producer(BaseProducer):
     def send(self, task: str, n: int) -> None:
         TASKS[task].send(n)
 

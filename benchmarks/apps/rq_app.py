@@ -11,7 +11,7 @@ import time
 
 from rq import Queue
 
-from benchmarks.apps.common import COUNTER, LATENCIES, now_us, sync_client
+from benchmarks.apps.common import Producer as BaseProducer, COUNTER, LATENCIES, now_us, sync_client
 
 redis = sync_client()
 
@@ -36,7 +36,7 @@ def lat(n: int) -> None:
 TASKS = {f.__name__: f for f in (noop, incr, sleep10, lat)}
 
 
-class Producer:
+class Producer(BaseProducer):
     def __init__(self) -> None:
         self.client = sync_client()
         self.queue = Queue("bench", connection=self.client)

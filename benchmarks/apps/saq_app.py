@@ -8,6 +8,8 @@ batched sends are concurrent ``enqueue`` calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from saq import Queue
@@ -18,7 +20,7 @@ from benchmarks.apps.common import (
     LATENCIES,
     PROFILE,
     URL,
-    AsyncRunner,
+    AsyncProducer,
     async_client,
     gather_chunks,
     now_us,
@@ -51,21 +53,21 @@ settings = {
 }
 
 
-class Producer:
-    def __init__(self) -> None:
-        self.runner = AsyncRunner()
+class Producer(AsyncProducer):
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
         self.queue = Queue.from_url(URL, name="bench")
-        self.runner.run(self.queue.connect())
+        await self.queue.connect()
+        try:
+            yield
+        finally:
+            await self.queue.disconnect()
 
-    def send(self, task: str, n: int) -> None:
-        self.runner.run(self.queue.enqueue(task, n=n))
+    async def asend(self, task: str, n: int) -> None:
+        await self.queue.enqueue(task, n=n)
 
-    def send_many(self, task: str, values: list[int]) -> None:
-        self.runner.run(gather_chunks(lambda n: self.queue.enqueue(task, n=n), values))
-
-    def close(self) -> None:
-        self.runner.run(self.queue.disconnect())
-        self.runner.close()
+    async def asend_many(self, task: str, values: list[int]) -> None:
+        await gather_chunks(lambda n: self.queue.enqueue(task, n=n), values)
 
 
 def make_producer() -> Producer:

@@ -8,6 +8,8 @@ and ``prefetch`` come from the profile. Batched sends use
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 from streaq import Worker
 
@@ -17,7 +19,7 @@ from benchmarks.apps.common import (
     LATENCIES,
     PROFILE,
     URL,
-    AsyncRunner,
+    AsyncProducer,
     async_client,
     now_us,
 )
@@ -56,27 +58,17 @@ async def lat(n: int) -> None:
 TASKS = {"noop": noop, "incr": incr, "sleep10": sleep10, "lat": lat}
 
 
-class Producer:
-    def __init__(self) -> None:
-        self.runner = AsyncRunner()
-        self.worker = worker
-        self.runner.run(self.worker.__aenter__())
+class Producer(AsyncProducer):
+    def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return worker
 
-    def send(self, task: str, n: int) -> None:
-        self.runner.run(self._send(task, n))
-
-    async def _send(self, task: str, n: int) -> None:
+    async def asend(self, task: str, n: int) -> None:
         await TASKS[task].enqueue(n)
 
-    def send_many(self, task: str, values: list[int]) -> None:
+    async def asend_many(self, task: str, values: list[int]) -> None:
         func = TASKS[task]
         for start in range(0, len(values), 1000):
-            batch = [func.enqueue(n) for n in values[start : start + 1000]]
-            self.runner.run(self.worker.enqueue_many(batch))
-
-    def close(self) -> None:
-        self.runner.run(self.worker.__aexit__(None, None, None))
-        self.runner.close()
+            await worker.enqueue_many([func.enqueue(n) for n in values[start : start + 1000]])
 
 
 def make_producer() -> Producer:

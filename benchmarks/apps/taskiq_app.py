@@ -10,6 +10,8 @@ calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from taskiq_redis import RedisStreamBroker
 
@@ -17,7 +19,7 @@ from benchmarks.apps.common import (
     COUNTER,
     LATENCIES,
     URL,
-    AsyncRunner,
+    AsyncProducer,
     async_client,
     gather_chunks,
     now_us,
@@ -50,20 +52,20 @@ async def lat(n: int) -> None:
 TASKS = {"noop": noop, "incr": incr, "sleep10": sleep10, "lat": lat}
 
 
-class Producer:
-    def __init__(self) -> None:
-        self.runner = AsyncRunner()
-        self.runner.run(broker.startup())
+class Producer(AsyncProducer):
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        await broker.startup()
+        try:
+            yield
+        finally:
+            await broker.shutdown()
 
-    def send(self, task: str, n: int) -> None:
-        self.runner.run(TASKS[task].kiq(n))
+    async def asend(self, task: str, n: int) -> None:
+        await TASKS[task].kiq(n)
 
-    def send_many(self, task: str, values: list[int]) -> None:
-        self.runner.run(gather_chunks(TASKS[task].kiq, values))
-
-    def close(self) -> None:
-        self.runner.run(broker.shutdown())
-        self.runner.close()
+    async def asend_many(self, task: str, values: list[int]) -> None:
+        await gather_chunks(TASKS[task].kiq, values)
 
 
 def make_producer() -> Producer:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from taskq import TaskQ
-from benchmarks.apps.common import COUNTER, LATENCIES, URL, now_us, sync_client
+from benchmarks.apps.common import Producer as BaseProducer, COUNTER, LATENCIES, URL, now_us, sync_client
 
 app = TaskQ(URL, namespace="bench")
 app.topic("bench", partitions=4)
@@ -46,7 +46,7 @@ def ordered_incr(n: int) -> None:
 TASKS = {t.name: t for t in (noop, incr, sleep10, lat, ordered_incr)}
 
 
-class Producer:
+class Producer(BaseProducer):
     def __init__(self) -> None:
         self.app = TaskQ(URL, namespace="bench")
         self.app.topic("bench", partitions=4)
