@@ -244,7 +244,6 @@ def plot(data: dict[str, Any], path: Path) -> None:
             ax.axvline(ref, color="grey", linestyle="--", linewidth=1)
     # Latency: p50 and p99 side by side.
     used = len(shown)
-    ax = axes.flat[used]
     names, p50s, p99s = [], [], []
     for s in systems:
         entry = found.get((s, "latency"))
@@ -252,16 +251,19 @@ def plot(data: dict[str, Any], path: Path) -> None:
             names.append(s)
             p50s.append(entry["p50"]["median"])
             p99s.append(entry["p99"]["median"])
-    ypos = list(range(len(names)))
-    ax.barh([y - 0.2 for y in ypos], p50s, height=0.4, label="p50")
-    ax.barh([y + 0.2 for y in ypos], p99s, height=0.4, label="p99")
-    ax.set_yticks(ypos, names)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("ms (log)")
-    ax.set_title("idle latency, send to handler start", fontsize=10)
-    ax.legend(fontsize=8)
-    for extra in list(axes.flat)[used + 1 :]:
+    if names:
+        ax = axes.flat[used]
+        ypos = list(range(len(names)))
+        ax.barh([y - 0.2 for y in ypos], p50s, height=0.4, label="p50")
+        ax.barh([y + 0.2 for y in ypos], p99s, height=0.4, label="p99")
+        ax.set_yticks(ypos, names)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ms (log)")
+        ax.set_title("idle latency, send to handler start", fontsize=10)
+        ax.legend(fontsize=8)
+        used += 1
+    for extra in list(axes.flat)[used:]:
         extra.axis("off")
     fig.suptitle(
         f"taskq beside the ceiling (dashed line) and other queues — {data['meta']['date']}",

@@ -8,6 +8,7 @@ figures, so a reader sees what was measured.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,9 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 PY = sys.executable
 
-#: The settings a "tuned" taskq worker runs with (see README, Performance).
-TASKQ_TUNED = ["--concurrency", "2", "--prefetch", "1024"]
+#: The settings a "tuned" taskq worker runs with (see README, Performance);
+#: BENCH_TASKQ_TUNED overrides them, to try others.
+TASKQ_TUNED = os.environ.get("BENCH_TASKQ_TUNED", "--concurrency 2 --prefetch 1024").split()
 
 
 @dataclass(frozen=True)
