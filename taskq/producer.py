@@ -52,11 +52,11 @@ class Producer:
     ) -> Outgoing:
         signature = task.signature
         model = signature.validate(signature.bind(args, kwargs))
-        payload = model.model_dump_json().encode()
+        payload = signature.dump(model)
         self._check_size(task.name, payload)
         key = options.key
         if key is None and task.key is not None:
-            key = task.message_key(dict(model))
+            key = task.message_key(signature.arguments(model))
         fields = {wire.TASK: task.name.encode(), wire.PAYLOAD: payload}
         return self._route(task.topic, key, fields, options)
 
