@@ -55,8 +55,10 @@ class Worker:
 
     ``groups`` and ``topics`` narrow what this worker serves (default: every
     task and consumer of the app). ``prefetch`` is how many entries it may
-    hold beyond those running. ``burst`` makes it exit once everything it
-    reads is drained.
+    hold beyond those running; without it, the worker holds enough to keep
+    its handlers busy for about ``defaults.PREFETCH_BUFFER_S``, judged by
+    how long they have been taking (see :meth:`_auto_capacity`). ``burst``
+    makes it exit once everything it reads is drained.
     """
 
     def __init__(
@@ -79,7 +81,10 @@ class Worker:
         self.app = app
         self.id = worker_id or make_worker_id()
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.capacity = concurrency + (concurrency if prefetch is None else max(0, prefetch))
+        #: Moving average of how long one handler run takes, s (0: none yet).
+        self._run_s = 0.0
         self.lease_s = lease
         self.shutdown_timeout_s = shutdown_timeout
         self.burst = burst
@@ -290,13 +295,34 @@ class Worker:
 
     def free_room(self) -> int:
         with self._lock:
-            return self.capacity - self._held_count
+            return self._auto_capacity() - self._held_count
 
     def _wait_for_room(self) -> int:
         with self._room:
-            while self._held_count >= self.capacity and not self._stopping.is_set():
+            while self._held_count >= self._auto_capacity():
+                if self._stopping.is_set():
+                    break
                 self._room.wait(0.5)
             return self.capacity - self._held_count
+
+    def _auto_capacity(self) -> int:
+        """The entries this worker may hold now; sets ``capacity``.
+
+        With a fixed prefetch that is concurrency + prefetch. Without one,
+        the prefetch is what the handlers get through in
+        ``PREFETCH_BUFFER_S`` at their recent pace, between concurrency and
+        ``PREFETCH_MAX``: tasks of microseconds are read a thousand at a
+        time (a round trip per handful of entries would cost more than the
+        tasks), while slow tasks are not hoarded by one worker when others
+        could start them.
+        """
+        if self.prefetch is not None or self._run_s <= 0:
+            return self.capacity
+        extra = int(self.concurrency * defaults.PREFETCH_BUFFER_S / self._run_s)
+        self.capacity = self.concurrency + max(
+            self.concurrency, min(defaults.PREFETCH_MAX, extra)
+        )
+        return self.capacity
 
     def unblock_readers(self) -> None:
         """End blocking reads now (they return empty)."""
@@ -314,6 +340,7 @@ class Worker:
 
     def _work_loop(self) -> None:
         ident = threading.get_ident()
+        perf_counter = time.perf_counter
         get = self._queue.get
         run = self.runner.run
         done = self._done
@@ -331,10 +358,15 @@ class Worker:
                     self._unstarted.append(delivery)
                 continue
             running[ident] = delivery
+            started = perf_counter()
             try:
                 outcome = run(delivery)
             finally:
                 del running[ident]
+            # Races between threads only blur the average a little.
+            elapsed = perf_counter() - started
+            average = self._run_s
+            self._run_s = elapsed if average <= 0 else average + (elapsed - average) / 64
             done.append(outcome)
             if not done_event.is_set():
                 done_event.set()

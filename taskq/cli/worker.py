@@ -20,7 +20,7 @@ def _split(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--group", "groups", multiple=True, help="Serve only this consumer group (repeatable).")
 @click.option("--topics", "topics", multiple=True, help="Serve only these topics (comma-separated, repeatable).")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=defaults.CONCURRENCY, show_default=True, help="Handler threads per process.")
-@click.option("--prefetch", type=click.IntRange(min=0), default=None, help="Entries held beyond those running [default: concurrency].")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None, help="Entries held beyond those running [default: automatic, from how long tasks take].")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes to run and supervise.")
 @click.option("--lease", type=click.FloatRange(min=0.1), default=defaults.LEASE_S, show_default=True, help="Seconds a silent worker keeps its entries before others take them (tasks may set their own).")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=defaults.SHUTDOWN_TIMEOUT_S, show_default=True, help="Seconds to let running tasks finish after SIGTERM.")
