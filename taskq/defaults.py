@@ -36,7 +36,7 @@ PREFETCH_BUFFER_S = 0.1
 
 #: Most entries a worker holds beyond those running when its prefetch is
 #: automatic (at least concurrency).
-PREFETCH_MAX = 1024
+PREFETCH_MAX = 4096
 
 #: Entries one XREADGROUP call may return.
 READ_BATCH = 256
