@@ -234,9 +234,8 @@ class Producer:
             else:
                 # The command itself: redis-py's xadd() checks and rebuilds
                 # its arguments, which costs more than the validation.
-                command(
-                    "XADD", out.pk.stream, "*", *chain.from_iterable(out.fields.items())
-                )
+                fields = chain.from_iterable(out.fields.items())
+                command("XADD", out.pk.stream, "*", *fields)  # type: ignore[no-untyped-call]
         results = pipe.execute()
         ids: list[str] = []
         for out, tag, result in zip(batch, tags, results, strict=True):
