@@ -284,10 +284,17 @@ class Worker:
             return
         with self._lock:
             self._idle_readers.discard(batch[0].sub)
+            # Batches come partition by partition: look the partition's map
+            # up when it changes, not once per entry (hashing the key tuple
+            # and its dataclass costs more than the rest of this loop).
+            pk: PartitionKeys | None = None
+            sub: Subscription | None = None
+            entries: dict[bytes, Delivery] = {}
             for delivery in batch:
-                self.held.setdefault((delivery.sub.group, delivery.pk), {})[
-                    delivery.id
-                ] = delivery
+                if delivery.pk is not pk or delivery.sub is not sub:
+                    pk, sub = delivery.pk, delivery.sub
+                    entries = self.held.setdefault((sub.group, pk), {})
+                entries[delivery.id] = delivery
             self._held_count += len(batch)
         put = self._queue.put
         for delivery in batch:
@@ -411,12 +418,18 @@ class Worker:
         pipe = client.pipeline(transaction=False)
         acks: dict[tuple[str, str], list[bytes]] = {}
         calls: list[Outcome] = []
+        ack_ids: list[bytes] = []
+        pk: PartitionKeys | None = None
+        sub: Subscription | None = None
         for outcome in batch:
             delivery = outcome.delivery
             if delivery.lost:
                 continue
             if outcome.kind is Settle.ACK:
-                acks.setdefault((delivery.pk.stream, delivery.sub.group), []).append(delivery.id)
+                if delivery.pk is not pk or delivery.sub is not sub:
+                    pk, sub = delivery.pk, delivery.sub
+                    ack_ids = acks.setdefault((pk.stream, sub.group), [])
+                ack_ids.append(delivery.id)
             elif outcome.kind is Settle.RETRY:
                 scripts.retry(
                     delivery.pk,
@@ -483,8 +496,13 @@ class Worker:
         """Stop holding deliveries (settled, handed back or lost)."""
         with self._lock:
             count = 0
+            pk: PartitionKeys | None = None
+            sub: Subscription | None = None
+            entries: dict[bytes, Delivery] | None = None
             for delivery in deliveries:
-                entries = self.held.get((delivery.sub.group, delivery.pk))
+                if delivery.pk is not pk or delivery.sub is not sub:
+                    pk, sub = delivery.pk, delivery.sub
+                    entries = self.held.get((sub.group, pk))
                 if entries is not None and entries.pop(delivery.id, None) is not None:
                     count += 1
             self._held_count -= count
