@@ -136,7 +136,9 @@ class TaskSignature:
     @staticmethod
     def arguments(model: pydantic.BaseModel) -> dict[str, Any]:
         """Validated arguments as keyword arguments (a new dict)."""
-        return dict(model.__dict__)
+        # The model is dropped here, so its field dict can be handed over.
+        fields: dict[str, Any] = model.__dict__
+        return fields
 
     def encode(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
         """Validate arguments and return the JSON payload."""
@@ -148,7 +150,9 @@ class TaskSignature:
             model = self._validate_json(payload)
         except pydantic.ValidationError as exc:
             raise ValidationError(self.task_name, _error_list(exc)) from None
-        return dict(model.__dict__)
+        # The model is dropped here, so its field dict can be handed over.
+        fields: dict[str, Any] = model.__dict__
+        return fields
 
 
 class EventSignature:
