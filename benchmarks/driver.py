@@ -7,6 +7,8 @@ and answers one JSON line per request:
   ``0..N-1`` one call each (or with the queue's bulk API when B) through
   a fresh producer and returns ``{"seconds": ...}``, the time of the sends
   alone (the producer is made and warmed up with one ``noop`` first);
+  With ``"paired": true`` the same sends also go through plain redis-py,
+  slice by slice, and ``ref_seconds`` is their time;
 * ``{"op": "paced", "task": T, "n": N, "rate": R}`` sends N tasks one at a
   time, R per second, each carrying its send time in microseconds.
 
@@ -23,20 +25,47 @@ import sys
 import traceback
 from typing import Any
 
+from benchmarks.apps import ceiling
+
+#: Slices of a paired send run.
+SLICES = 10
+
 
 def handle(module: Any, request: dict[str, Any]) -> dict[str, Any]:
     producer = module.make_producer()
     try:
         if request["op"] == "enqueue":
             values = list(range(request["n"]))
-            seconds = producer.enqueue(request["task"], values, bool(request.get("batch")))
-            return {"seconds": seconds}
+            batch = bool(request.get("batch"))
+            if not request.get("paired"):
+                return {"seconds": producer.enqueue(request["task"], values, batch)}
+            return paired(producer, request["task"], values, batch)
         if request["op"] == "paced":
             producer.paced(request["task"], request["n"], request["rate"])
             return {"seconds": 0.0}
         raise ValueError(f"unknown op {request['op']!r}")
     finally:
         producer.close()
+
+
+def paired(producer: Any, task: str, values: list[int], batch: bool) -> dict[str, Any]:
+    """Time the sends in slices, each right after the same slice sent with
+    plain redis-py (the ceiling's way), so both see the same machine.
+
+    Round trips on this machine drift between two speeds several times a
+    second (scheduling, CPU frequency); timed apart, a ratio of two
+    send loops says more about that than about the code.
+    """
+    plain = ceiling.make_producer()
+    plain.send("noop", 0)
+    seconds = ref_seconds = 0.0
+    size = max(1, len(values) // SLICES)
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        ref_seconds += plain.enqueue(task, chunk, batch)
+        seconds += producer.enqueue(task, chunk, batch)
+    plain.close()
+    return {"seconds": seconds, "ref_seconds": ref_seconds}
 
 
 def main() -> None:

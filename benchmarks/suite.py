@@ -75,6 +75,8 @@ class Result:
             data["peak"] = self.summary("peak")
         else:
             data["rate"] = self.summary()
+            if self.values("paired_ratio"):
+                data["paired_ratio"] = self.summary("paired_ratio")
         return data
 
 
@@ -174,12 +176,19 @@ class Suite:
 
     def _enqueue(self, system: System, workload: Workload, driver: Driver) -> dict[str, Any]:
         n = self.size(system, workload)
-        seconds = driver.request(op="enqueue", task=workload.task, n=n, batch=workload.batch)[
-            "seconds"
-        ]
-        rate = n / seconds
+        answer = driver.request(
+            op="enqueue", task=workload.task, n=n, batch=workload.batch, paired=True
+        )
+        rate = n / answer["seconds"]
         self.observed[(system.name, workload.name)] = rate
-        return {"n": n, "seconds": seconds, "value": rate}
+        return {
+            "n": n,
+            "seconds": answer["seconds"],
+            "value": rate,
+            # The same sends through plain redis-py, interleaved with these.
+            "paired_ceiling": n / answer["ref_seconds"],
+            "paired_ratio": answer["ref_seconds"] / answer["seconds"],
+        }
 
     def _process(
         self, system: System, workload: Workload, driver: Driver
