@@ -87,15 +87,22 @@ def is_memory(url: str) -> bool:
     return urlsplit(url).scheme == "memory"
 
 
+#: The redis-py errors that :func:`translate_errors` turns into taskq's.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+def unreachable(url: str, exc: BaseException) -> ConnectionError:
+    """The :class:`taskq.ConnectionError` for a redis-py connection error."""
+    return ConnectionError(f"cannot reach Redis at {redact(url)}: {exc}")
+
+
 @contextlib.contextmanager
 def translate_errors(url: str) -> Iterator[None]:
     """Re-raise redis-py's connection errors as :class:`taskq.ConnectionError`."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise ConnectionError(
-            f"cannot reach Redis at {redact(url)}: {exc}"
-        ) from exc
+    except UNREACHABLE as exc:
+        raise unreachable(url, exc) from exc
 
 
 class Outage:
