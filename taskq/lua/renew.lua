@@ -8,6 +8,9 @@
 --
 -- Entries another consumer holds now are left alone (this consumer lost
 -- them while it stalled); their ids are returned so the worker knows.
+-- Entries no longer pending at all were acknowledged since the worker
+-- listed them (its settler runs alongside): they are neither renewed nor
+-- reported.
 
 local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[#ARGV],
   #ARGV - 2, ARGV[2])
@@ -20,7 +23,7 @@ local lost = {}
 for i = 3, #ARGV do
   if mine[ARGV[i]] then
     claim[#claim + 1] = ARGV[i]
-  else
+  elseif held_by_other(KEYS[1], ARGV[1], ARGV[i], ARGV[2]) then
     lost[#lost + 1] = ARGV[i]
   end
 end
