@@ -29,9 +29,9 @@ START_TIMEOUT_S = 45.0
 class Settings:
     runs: int = 3
     #: How long one run of a throughput workload should last, s.
-    run_s: float = 1.5
-    latency_tasks: int = 300
-    latency_rate: float = 200.0
+    run_s: float = 1.0
+    latency_tasks: int = 250
+    latency_rate: float = 250.0
     memory_tasks: int = 1_000_000
 
 
@@ -138,6 +138,8 @@ class Suite:
     def size(self, system: System, workload: Workload) -> int:
         send, send_many, process = system.rates
         guess = {"enqueue": send_many if workload.batch else send}.get(workload.kind, process)
+        if workload.profile == "default" and system.default_rate:
+            guess = system.default_rate
         if workload.task == "sleep10":
             guess = min(guess, 1600.0)
         if workload.processes > 1:

@@ -43,6 +43,8 @@ class System:
     #: Workloads this queue cannot run here, and why.
     unsupported: dict[str, str] = field(default_factory=dict)
     ordered: bool = False
+    #: Processing rate with default settings, when far below ``rates``.
+    default_rate: float | None = None
 
     def launch(self, task: str, profile: str, processes: int) -> Launch:
         raise NotImplementedError
@@ -185,12 +187,15 @@ SYSTEMS: list[System] = [
     Taskq("taskq", "taskq_app", "send_many", (8000, 60000, 40000), ordered=True),
     Celery("celery", "celery_app", "group().apply_async()", (1500, 2500, 2500)),
     Rq(
-        "rq", "rq_app", "Queue.enqueue_many", (1500, 4000, 800),
+        "rq", "rq_app", "Queue.enqueue_many", (1500, 4000, 800), default_rate=80,
         unsupported={"sleep10": "runs one job at a time per process; "
                      "concurrency 16 means 16 worker processes"},
     ),
     Dramatiq("dramatiq", "dramatiq_app", "group().run()", (3000, 3000, 3000)),
-    Arq("arq", "arq_app", "concurrent enqueue_job (no bulk API)", (2500, 5000, 2000)),
+    Arq(
+        "arq", "arq_app", "concurrent enqueue_job (no bulk API)", (2500, 5000, 2000),
+        default_rate=200,
+    ),
     Taskiq("taskiq", "taskiq_app", "concurrent kiq (no bulk API)", (2500, 6000, 3000)),
     Saq("saq", "saq_app", "concurrent enqueue (no bulk API)", (2000, 4000, 2000)),
     Streaq("streaq", "streaq_app", "Worker.enqueue_many", (2500, 10000, 3000)),

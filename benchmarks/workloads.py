@@ -66,7 +66,7 @@ WORKLOADS = [
     ),
     Workload("latency", "idle latency, send to handler start", "latency", "lat"),
     Workload(
-        "memory", "worker peak RSS while processing 1,000,000 tasks", "memory",
+        "memory", "worker RSS over 1,000,000 no-op tasks (100,000 with --quick)", "memory",
         "noop", profile="tuned", only=frozenset({"taskq"}),
         reason="measured for taskq only (a million tasks take minutes on most peers)",
     ),
