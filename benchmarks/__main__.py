@@ -41,7 +41,9 @@ def _names(value: str | None, known: dict[str, object], what: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
-        sys.exit(f"unknown {what}: {', '.join(unknown)}; choose from {', '.join(known)}")
+        sys.exit(
+            f"unknown {what}: {', '.join(unknown)}; choose from {', '.join(known)}"
+        )
     return names
 
 
@@ -66,8 +68,11 @@ def _versions() -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--systems")
     parser.add_argument("--workloads")
@@ -80,8 +85,9 @@ def main() -> None:
     workloads = _names(args.workloads, WORKLOADS, "workloads")
     settings = Settings(runs=args.runs)
     if args.quick:
-        settings = Settings(runs=args.runs, run_s=0.4, latency_tasks=100,
-                            memory_tasks=100_000)
+        settings = Settings(
+            runs=args.runs, run_s=0.4, latency_tasks=100, memory_tasks=100_000
+        )
     log_path = args.out / "workers.log"
     if log_path.exists():
         log_path.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -109,10 +110,8 @@ class Workers:
     def kill(self) -> None:
         # The run is over and Redis is flushed next: no graceful stop needed.
         for process in self.processes:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for process in self.processes:
             process.wait()
         time.sleep(0.05)

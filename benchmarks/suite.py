@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import redis
-
 from benchmarks.apps.common import COUNTER, LATENCIES
 from benchmarks.processes import Driver, Workers
 from benchmarks.systems import System
@@ -83,8 +81,8 @@ class Result:
 class Probe:
     """Reads how many tasks of a run are done, from Redis."""
 
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
+    def __init__(self, target: RedisTarget) -> None:
+        self.client = target.client()
 
     def counter(self) -> int:
         return int(self.client.get(COUNTER) or 0)
@@ -124,7 +122,11 @@ def backlog_of(system: System) -> tuple[list[str], str]:
 
 class Suite:
     def __init__(
-        self, target: RedisTarget, settings: Settings, log: IO[bytes], say: Callable[[str], None]
+        self,
+        target: RedisTarget,
+        settings: Settings,
+        log: IO[bytes],
+        say: Callable[[str], None],
     ) -> None:
         self.target = target
         self.settings = settings
@@ -137,8 +139,14 @@ class Suite:
 
     def size(self, system: System, workload: Workload) -> int:
         send, send_many, process = system.rates
-        guess = {"enqueue": send_many if workload.batch else send}.get(workload.kind, process)
-        if workload.profile == "default" and system.default_rate:
+        guess = {"enqueue": send_many if workload.batch else send}.get(
+            workload.kind, process
+        )
+        if (
+            workload.kind == "process"
+            and workload.profile == "default"
+            and system.default_rate
+        ):
             guess = system.default_rate
         if workload.task == "sleep10":
             guess = min(guess, 1600.0)
@@ -176,7 +184,9 @@ class Suite:
             self.say(f"    run {index + 1}: {_describe(record)}")
         return result
 
-    def _enqueue(self, system: System, workload: Workload, driver: Driver) -> dict[str, Any]:
+    def _enqueue(
+        self, system: System, workload: Workload, driver: Driver
+    ) -> dict[str, Any]:
         n = self.size(system, workload)
         answer = driver.request(
             op="enqueue", task=workload.task, n=n, batch=workload.batch, paired=True
@@ -198,7 +208,7 @@ class Suite:
         n = self.size(system, workload)
         driver.request(op="enqueue", task=workload.task, n=n, batch=True)
         launch = system.launch(workload.task, workload.profile, workload.processes)
-        probe = Probe(self.target.url)
+        probe = Probe(self.target)
         if workload.task == "noop":
             streams, group = backlog_of(system)
             total = n + 1  # and the producer's warm-up no-op
@@ -255,18 +265,24 @@ class Suite:
         self, system: System, workload: Workload, driver: Driver
     ) -> tuple[dict[str, Any], str]:
         launch = system.launch(workload.task, "default", 1)
-        probe = Probe(self.target.url)
+        probe = Probe(self.target)
         workers = Workers(launch, self.target.url, self.log)
         try:
             # Wait until the worker handles tasks, then let it go idle.
             driver.request(op="paced", task="lat", n=5, rate=50)
-            self._wait(lambda: probe.client.llen(LATENCIES) >= 5, workers, START_TIMEOUT_S)
+            self._wait(
+                lambda: probe.client.llen(LATENCIES) >= 5, workers, START_TIMEOUT_S
+            )
             probe.client.delete(LATENCIES)
             time.sleep(0.3)
             count = self.settings.latency_tasks
-            driver.request(op="paced", task="lat", n=count, rate=self.settings.latency_rate)
+            driver.request(
+                op="paced", task="lat", n=count, rate=self.settings.latency_rate
+            )
             self._wait(lambda: probe.client.llen(LATENCIES) >= count, workers, 30.0)
-            samples = sorted(int(v) / 1000 for v in probe.client.lrange(LATENCIES, 0, -1))
+            samples = sorted(
+                int(v) / 1000 for v in probe.client.lrange(LATENCIES, 0, -1)
+            )
         finally:
             workers.kill()
             probe.close()
@@ -277,7 +293,9 @@ class Suite:
             "max": samples[-1],
         }, launch.settings
 
-    def _wait(self, condition: Callable[[], bool], workers: Workers, timeout: float) -> None:
+    def _wait(
+        self, condition: Callable[[], bool], workers: Workers, timeout: float
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
@@ -292,7 +310,7 @@ class Suite:
         n = self.settings.memory_tasks
         driver.request(op="enqueue", task="noop", n=n, batch=True)
         launch = system.launch(workload.task, workload.profile, 1)
-        probe = Probe(self.target.url)
+        probe = Probe(self.target)
         streams, group = backlog_of(system)
         workers = Workers(launch, self.target.url, self.log)
         samples: list[tuple[int, float]] = []
@@ -318,7 +336,9 @@ class Suite:
         def rss_at(fraction: float) -> float:
             return max(r for d, r in samples if d <= max(fraction * n, samples[0][0]))
 
-        checkpoints = {f"{int(f * 100)}%": rss_at(f) for f in (0.1, 0.25, 0.5, 0.75, 1.0)}
+        checkpoints = {
+            f"{int(f * 100)}%": rss_at(f) for f in (0.1, 0.25, 0.5, 0.75, 1.0)
+        }
         return {
             "n": n,
             "seconds": elapsed,
@@ -330,7 +350,9 @@ class Suite:
 def _percentile(sorted_values: list[float], pct: float) -> float:
     if not sorted_values:
         return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))
+    index = min(
+        len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1)
+    )
     return sorted_values[index]
 
 
@@ -347,4 +369,4 @@ def _describe(record: dict[str, Any]) -> str:
 
 def open_log(path: Path) -> IO[bytes]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "ab")  # noqa: SIM115
+    return open(path, "ab")

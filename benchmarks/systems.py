@@ -18,7 +18,7 @@ PY = sys.executable
 
 #: The settings a "tuned" taskq worker runs with (see README, Performance);
 #: BENCH_TASKQ_TUNED overrides them, to try others.
-TASKQ_TUNED = os.environ.get("BENCH_TASKQ_TUNED", "--concurrency 2 --prefetch 1024").split()
+TASKQ_TUNED = os.environ.get("BENCH_TASKQ_TUNED", "--concurrency 16").split()
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ class Ceiling(System):
         command = [PY, "-m", "benchmarks.apps.ceiling", task]
         return Launch(
             [command] * processes,
-            settings=f"{processes} process(es), XREADGROUP COUNT 1000, one pipeline per batch",
+            settings=f"{processes} process(es), XREADGROUP COUNT 1000, "
+            "one pipeline per batch",
         )
 
 
@@ -131,7 +132,10 @@ class Arq(System):
         fast = profile == "tuned" or task == "sleep10"
         return Launch(
             [command] * processes,
-            env={"BENCH_CONCURRENCY": jobs, "BENCH_PROFILE": "tuned" if fast else "default"},
+            env={
+                "BENCH_CONCURRENCY": jobs,
+                "BENCH_PROFILE": "tuned" if fast else "default",
+            },
             settings=f"{processes} process(es), max_jobs={jobs}"
             + (", poll_delay=0.005" if fast else ""),
         )
@@ -157,9 +161,11 @@ class Taskiq(System):
 class Saq(System):
     def launch(self, task: str, profile: str, processes: int) -> Launch:
         command = [str(BIN / "saq"), "benchmarks.apps.saq_app.settings", "--quiet"]
-        concurrency = "16" if task == "sleep10" else "100" if profile == "tuned" else "10"
+        concurrency = (
+            "16" if task == "sleep10" else "100" if profile == "tuned" else "10"
+        )
         return Launch(
-            [command + ["--workers", str(processes)]],
+            [[*command, "--workers", str(processes)]],
             env={"BENCH_CONCURRENCY": concurrency, "BENCH_PROFILE": profile},
             settings=f"--workers {processes}, concurrency={concurrency}",
         )
@@ -171,11 +177,13 @@ class Streaq(System):
         env = {"BENCH_PROFILE": "tuned" if profile == "tuned" else "default"}
         if task == "sleep10":
             env["BENCH_CONCURRENCY"] = "16"
-        settings = "concurrency=16" if task == "sleep10" else (
-            "concurrency=64, prefetch=256" if profile == "tuned" else "defaults"
+        settings = (
+            "concurrency=16"
+            if task == "sleep10"
+            else ("concurrency=64, prefetch=256" if profile == "tuned" else "defaults")
         )
         return Launch(
-            [command + ["--workers", str(processes)]],
+            [[*command, "--workers", str(processes)]],
             env=env,
             settings=f"--workers {processes}, {settings}",
         )
@@ -183,17 +191,28 @@ class Streaq(System):
 
 NO_ORDER = "no per-key ordering to compare with"
 SYSTEMS: list[System] = [
-    Ceiling("ceiling", "ceiling", "pipelined XADD, 1000 per batch", (15000, 150000, 150000)),
+    Ceiling(
+        "ceiling", "ceiling", "pipelined XADD, 1000 per batch", (15000, 150000, 150000)
+    ),
     Taskq("taskq", "taskq_app", "send_many", (8000, 60000, 40000), ordered=True),
     Celery("celery", "celery_app", "group().apply_async()", (1500, 2500, 2500)),
     Rq(
-        "rq", "rq_app", "Queue.enqueue_many", (1500, 4000, 800), default_rate=80,
-        unsupported={"sleep10": "runs one job at a time per process; "
-                     "concurrency 16 means 16 worker processes"},
+        "rq",
+        "rq_app",
+        "Queue.enqueue_many",
+        (1500, 4000, 800),
+        default_rate=80,
+        unsupported={
+            "sleep10": "runs one job at a time per process; "
+            "concurrency 16 means 16 worker processes"
+        },
     ),
     Dramatiq("dramatiq", "dramatiq_app", "group().run()", (3000, 3000, 3000)),
     Arq(
-        "arq", "arq_app", "concurrent enqueue_job (no bulk API)", (2500, 5000, 2000),
+        "arq",
+        "arq_app",
+        "concurrent enqueue_job (no bulk API)",
+        (2500, 5000, 2000),
         default_rate=200,
     ),
     Taskiq("taskiq", "taskiq_app", "concurrent kiq (no bulk API)", (2500, 6000, 3000)),

@@ -5,8 +5,12 @@ queues connect to, empties it between runs and stops it at the end. The
 suite never connects to a Redis it did not start (in particular not to one
 already listening on 6379).
 
-``TARGETS`` maps a ``--target`` name to its class; a Redis Cluster target
-(several masters) fits in by implementing the same four members.
+``TARGETS`` maps a ``--target`` name to its class. A Redis Cluster target
+(several masters) fits in by implementing the same members: ``url`` is
+what the queues are given (``BENCH_REDIS_URL``), ``client()`` is what the
+suite itself reads progress with (a ``RedisCluster`` there), ``flush()``
+empties every master. Queues that cannot use a cluster report why, as any
+queue that cannot run here does.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class RedisTarget:
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def client(self) -> redis.Redis:
+        """A client for the suite's own reads (progress, latencies)."""
+        return redis.Redis.from_url(self.url)
 
     def flush(self) -> None:
         """Remove every key (between runs)."""

@@ -11,7 +11,16 @@ import time
 
 from celery import Celery, group
 
-from benchmarks.apps.common import Producer as BaseProducer, COUNTER, LATENCIES, URL, now_us, sync_client
+from benchmarks.apps.common import (
+    COUNTER,
+    LATENCIES,
+    URL,
+    now_us,
+    sync_client,
+)
+from benchmarks.apps.common import (
+    Producer as BaseProducer,
+)
 
 
 def make_app() -> Celery:
@@ -61,7 +70,8 @@ class Producer(BaseProducer):
     def send_many(self, task: str, values: list[int]) -> None:
         for start in range(0, len(values), 1000):
             group(
-                self.app.signature(task, args=(n,)) for n in values[start : start + 1000]
+                self.app.signature(task, args=(n,))
+                for n in values[start : start + 1000]
             ).apply_async()
 
     def close(self) -> None:

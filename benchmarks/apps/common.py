@@ -21,6 +21,7 @@ PROFILE = os.environ.get("BENCH_PROFILE", "default")
 #: Concurrency asked for by a workload (the 10 ms sleeping handler).
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "0"))
 
+
 def now_us() -> int:
     return time.time_ns() // 1000
 

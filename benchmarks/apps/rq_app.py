@@ -11,7 +11,15 @@ import time
 
 from rq import Queue
 
-from benchmarks.apps.common import Producer as BaseProducer, COUNTER, LATENCIES, now_us, sync_client
+from benchmarks.apps.common import (
+    COUNTER,
+    LATENCIES,
+    now_us,
+    sync_client,
+)
+from benchmarks.apps.common import (
+    Producer as BaseProducer,
+)
 
 redis = sync_client()
 
@@ -48,10 +56,7 @@ class Producer(BaseProducer):
         func = TASKS[task]
         for start in range(0, len(values), 1000):
             self.queue.enqueue_many(
-                [
-                    Queue.prepare_data(func, (n,))
-                    for n in values[start : start + 1000]
-                ]
+                [Queue.prepare_data(func, (n,)) for n in values[start : start + 1000]]
             )
 
     def close(self) -> None:

@@ -68,7 +68,9 @@ class Producer(AsyncProducer):
     async def asend_many(self, task: str, values: list[int]) -> None:
         func = TASKS[task]
         for start in range(0, len(values), 1000):
-            await worker.enqueue_many([func.enqueue(n) for n in values[start : start + 1000]])
+            await worker.enqueue_many(
+                [func.enqueue(n) for n in values[start : start + 1000]]
+            )
 
 
 def make_producer() -> Producer:

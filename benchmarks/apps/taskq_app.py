@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import time
 
+from benchmarks.apps.common import (
+    COUNTER,
+    LATENCIES,
+    URL,
+    now_us,
+    sync_client,
+)
+from benchmarks.apps.common import (
+    Producer as BaseProducer,
+)
 from taskq import TaskQ
-from benchmarks.apps.common import Producer as BaseProducer, COUNTER, LATENCIES, URL, now_us, sync_client
 
 app = TaskQ(URL, namespace="bench")
 app.topic("bench", partitions=4)
