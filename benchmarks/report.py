@@ -266,6 +266,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     found = index(data["results"])
     systems = data["meta"]["systems"]
@@ -281,30 +282,55 @@ def plot(data: dict[str, Any], path: Path) -> None:
     colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(systems)}
     for ax, w in zip(axes.flat, shown, strict=False):
         names, medians, lows, highs = [], [], [], []
+        ref = ceiling_rate(found, w.name)
+        others = [
+            found[(s, w.name)]["rate"]["median"]
+            for s in systems
+            if s != "ceiling" and found.get((s, w.name), {}).get("rate")
+        ]
+        # A pipelined ceiling far beyond every queue would flatten their
+        # bars: it is named in the title instead.
+        off_scale = bool(ref and others and ref > 5 * max(others))
+        title = w.title
+        if off_scale and ref:
+            title += f"\n(ceiling {_rate(ref)}/s, off the scale)"
         for s in systems:
             entry = found.get((s, w.name))
+            if off_scale and s == "ceiling":
+                continue
             if entry and entry.get("rate"):
                 r = entry["rate"]
                 names.append(s)
                 medians.append(r["median"])
                 lows.append(r["median"] - r["min"])
                 highs.append(r["max"] - r["median"])
-        ypos = range(len(names))
+        ypos = list(range(len(names)))
         ax.barh(
-            list(ypos),
+            ypos,
             medians,
             xerr=[lows, highs],
             color=[colors[n] for n in names],
             capsize=2,
         )
-        ax.set_yticks(list(ypos), names)
+        ax.set_yticks(ypos, names)
         ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set_title(w.title, fontsize=10)
-        ax.set_xlabel("tasks/s (log)")
-        ref = ceiling_rate(found, w.name)
-        if ref:
+        # Linear, with each figure written out: on a log axis the bars'
+        # lengths mislead, and ranges here span several hundred times.
+        top = max(m + h for m, h in zip(medians, highs, strict=True))
+        if ref and not off_scale:
             ax.axvline(ref, color="grey", linestyle="--", linewidth=1)
+            top = max(top, ref)
+        ax.set_xlim(0, top * 1.45)
+        for y, name, value, high in zip(ypos, names, medians, highs, strict=True):
+            ratio = ratio_to_ceiling(found, name, w.name)
+            label = f" {_rate(value)}/s"
+            if ratio is not None and name != "ceiling":
+                label += f" ({ratio:.2f}×)"
+            ax.text(value + high, y, label, va="center", fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("tasks/s")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _rate(x)))
+        ax.xaxis.set_major_locator(MaxNLocator(5))
     # Latency: p50 and p99 side by side.
     used = len(shown)
     names, p50s, p99s = [], [], []
@@ -322,7 +348,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.set_yticks(ypos, names)
         ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.set_xlabel("ms (log)")
+        ax.set_xlabel("ms (log scale)")
         ax.set_title("idle latency, send to handler start", fontsize=10)
         ax.legend(fontsize=8)
         used += 1
@@ -347,3 +373,13 @@ def write(data: dict[str, Any], folder: Path) -> tuple[Path, Path, Path]:
     png_path = folder / "throughput.png"
     plot(data, png_path)
     return json_path, md_path, png_path
+
+
+if __name__ == "__main__":
+    # python -m benchmarks.report DIR: draw the table and plot again from
+    # DIR/results.json.
+    import sys
+
+    folder = Path(sys.argv[1])
+    for path in write(json.loads((folder / "results.json").read_text()), folder):
+        print("Wrote", path)
