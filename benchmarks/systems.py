@@ -126,6 +126,8 @@ class Dramatiq(System):
 class Arq(System):
     def launch(self, task: str, profile: str, processes: int) -> Launch:
         command = [str(BIN / "arq"), "benchmarks.apps.arq_app.WorkerSettings"]
+        if profile == "tuned":
+            command += ["--custom-log-dict", "benchmarks.apps.arq_app.QUIET_LOGGING"]
         jobs = "16" if task == "sleep10" else "100" if profile == "tuned" else "10"
         # arq polls its queue every 0.5 s by default; the throughput
         # settings (and the sleeping workload) poll every 5 ms.
@@ -137,7 +139,8 @@ class Arq(System):
                 "BENCH_PROFILE": "tuned" if fast else "default",
             },
             settings=f"{processes} process(es), max_jobs={jobs}"
-            + (", poll_delay=0.005" if fast else ""),
+            + (", poll_delay=0.005" if fast else "")
+            + (", job log off" if profile == "tuned" else ""),
         )
 
 

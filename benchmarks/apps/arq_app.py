@@ -46,6 +46,14 @@ async def lat(ctx: dict[str, Any], n: int) -> None:
     await ctx["redis"].rpush(LATENCIES, now_us() - n)
 
 
+#: For the throughput settings: arq logs every job at INFO by default.
+QUIET_LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {"arq": {"level": "WARNING"}},
+}
+
+
 class WorkerSettings:
     functions = [noop, incr, sleep10, lat]
     redis_settings = SETTINGS
