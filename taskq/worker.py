@@ -268,14 +268,19 @@ class Worker:
         if isinstance(response, dict):  # RESP3
             response = list(response.items())
         batch: list[Delivery] = []
+        append = batch.append
         by_stream = sub.by_stream
         for stream, entries in response:
             pk = by_stream[stream]
             for entry_id, flat in entries:
                 if flat is None:  # deleted after delivery; nothing to run
                     continue
-                it = iter(flat)
-                batch.append(Delivery(sub, pk, entry_id, dict(zip(it, it))))
+                if len(flat) == 4:  # task and payload: most entries
+                    fields = {flat[0]: flat[1], flat[2]: flat[3]}
+                else:
+                    it = iter(flat)
+                    fields = dict(zip(it, it))
+                append(Delivery(sub, pk, entry_id, fields))
         self.hold(batch)
 
     def hold(self, batch: list[Delivery]) -> None:
