@@ -237,13 +237,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def unreachable(url: str, exc: BaseException) -> ConnectionError:
+    """The :class:`taskq.ConnectionError` for a redis-py connection error."""
+    return ConnectionError(f"cannot reach Redis at {redact(url)}: {exc}")
+
+
 @contextlib.contextmanager
 def translate_errors(url: str) -> Iterator[None]:
     """Re-raise redis-py's connection errors as :class:`taskq.ConnectionError`."""
     try:
         yield
     except CONNECTION_ERRORS as exc:
-        raise ConnectionError(f"cannot reach Redis at {redact(url)}: {exc}") from exc
+        raise unreachable(url, exc) from exc
 
 
 class Outage:

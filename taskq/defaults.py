@@ -34,6 +34,15 @@ RETRIES = 3
 #: Handler threads per worker process.
 CONCURRENCY = 8
 
+#: Without an explicit prefetch, a worker holds (beyond the entries that
+#: are running) as many entries as its handlers get through in this long at
+#: their recent pace, in seconds; see PREFETCH_MAX.
+PREFETCH_BUFFER_S = 0.1
+
+#: Most entries a worker holds beyond those running when its prefetch is
+#: automatic (at least concurrency).
+PREFETCH_MAX = 4096
+
 #: Entries one XREADGROUP call may return.
 READ_BATCH = 256
 

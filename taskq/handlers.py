@@ -145,7 +145,7 @@ class Task(Handler, Generic[P, R]):
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Validate the arguments and queue the task; returns the message id."""
-        return self.app._producer.send_task(self, args, kwargs, SendOptions())
+        return self.app._producer.send_task(self, args, kwargs, NO_OPTIONS)
 
     def send_many(
         self, items: Iterable[Mapping[str, Any] | tuple[Any, ...]]
@@ -155,7 +155,7 @@ class Task(Handler, Generic[P, R]):
         Each item is a dict of keyword arguments or a tuple of positional
         ones. Every item is validated before anything is written.
         """
-        return self.app._producer.send_many(self, items, SendOptions())
+        return self.app._producer.send_many(self, items, NO_OPTIONS)
 
     def options(
         self,
@@ -243,6 +243,11 @@ class SendOptions:
     @property
     def delayed(self) -> bool:
         return self.delay_s is not None or self.eta_ms is not None
+
+
+#: The options of a plain send; shared, as nothing changes options once
+#: they are made.
+NO_OPTIONS = SendOptions()
 
 
 class TaskCall(Generic[P, R]):

@@ -12,7 +12,6 @@ Messages without a key are spread round-robin by each producer.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import zlib
 from typing import Any
@@ -38,11 +37,17 @@ class RoundRobin:
     """Spreads keyless messages evenly over a topic's partitions."""
 
     def __init__(self) -> None:
-        self._counter = itertools.count()
-        # itertools.count is not documented as thread-safe; a lock keeps
-        # two producer threads from drawing the same number.
+        self._next = 0
+        # Two producer threads must not draw the same turn.
         self._lock = threading.Lock()
 
     def next(self, partitions: int) -> int:
+        return self.take(1, partitions)
+
+    def take(self, count: int, partitions: int) -> int:
+        """Reserve ``count`` turns at once (a batch); returns the partition
+        of the first, the others follow it modulo ``partitions``."""
         with self._lock:
-            return next(self._counter) % partitions
+            first = self._next
+            self._next = first + count
+        return first % partitions

@@ -24,6 +24,9 @@ from taskq.scripts import pack_message
 
 log = logging.getLogger("taskq.runner")
 
+#: What a handler without a Context parameter is called with.
+NO_CONTEXT: Any = None
+
 
 class Runner:
     """Runs deliveries for one worker; shared by its handler threads."""
@@ -48,7 +51,12 @@ class Runner:
         handler = sub.handler_for(fields)
         if isinstance(handler, Rejection):
             return self._reject(delivery, handler.reason, handler.text)
-        attempt = delivery.attempt
+        # A first delivery of a first attempt (nearly every entry) needs no
+        # parsing of its attempt number.
+        if delivery.deliveries == 1 and wire.ATTEMPT not in fields:
+            attempt = 1
+        else:
+            attempt = delivery.attempt
         if attempt > handler.max_attempts:
             # Only redeliveries push the count past the limit: the worker
             # that ran the last allowed attempt died while running it.
@@ -76,12 +84,18 @@ class Runner:
             decoded = handler.decode(payload)
         except ValidationError as exc:
             return self._reject(delivery, validation_reason(exc), str(exc))
-        started_ms = int(time.time() * 1000)
+        started = time.time()
         try:
-            self._call(handler, decoded, self._context(delivery, handler, attempt))
+            if handler.is_async or handler.timeout_s or handler.context_param:
+                self._call(handler, decoded, self._context(delivery, handler, attempt))
+            else:  # the common case, without the two calls above
+                handler.call(decoded, NO_CONTEXT)
         except Retry as exc:
-            return self._failed(delivery, handler, attempt, started_ms, exc, exc.delay)
+            return self._failed(
+                delivery, handler, attempt, int(started * 1000), exc, exc.delay
+            )
         except Exception as exc:
+            started_ms = int(started * 1000)
             return self._failed(delivery, handler, attempt, started_ms, exc, None)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -89,7 +103,7 @@ class Runner:
                 handler.name,
                 delivery.describe(),
                 attempt,
-                time.time() - started_ms / 1000,
+                time.time() - started,
             )
         return Outcome(Settle.ACK, delivery)
 

@@ -73,8 +73,10 @@ class Worker:
 
     ``groups`` and ``topics`` narrow what this worker serves (default: every
     task and consumer of the app). ``prefetch`` is how many entries it may
-    read ahead beyond those that can start at once. ``burst`` makes it exit
-    once everything it reads is drained. ``beat`` runs a scheduler
+    read ahead beyond those that can start at once: 0 by default, or
+    ``"auto"`` for enough to keep the handlers busy for about
+    ``defaults.PREFETCH_BUFFER_S`` at their recent pace. ``burst`` makes it
+    exit once everything it reads is drained. ``beat`` runs a scheduler
     (periodic jobs, digest windows) in a thread of the worker.
     """
 
@@ -83,7 +85,7 @@ class Worker:
         app: TaskQ,
         *,
         concurrency: int = defaults.CONCURRENCY,
-        prefetch: int | None = None,
+        prefetch: int | str | None = None,
         lease: float = defaults.LEASE_S,
         shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT_S,
         burst: bool = False,
@@ -103,8 +105,22 @@ class Worker:
         # process; if it dies, their delivery counts grow although they never
         # ran, so reading ahead is opt-in (README: "What happens when things
         # fail").
-        self.prefetch = 0 if prefetch is None else max(0, prefetch)
-        self.capacity = concurrency + self.prefetch
+        self.auto_prefetch = prefetch == "auto"
+        if self.auto_prefetch:
+            fixed = concurrency  # until the handlers' pace is known
+        elif prefetch is None:
+            fixed = 0
+        elif isinstance(prefetch, int) and prefetch >= 0:
+            fixed = prefetch
+        else:
+            raise ValueError(
+                f"prefetch must be a number >= 0 or 'auto', not {prefetch!r}"
+            )
+        self.prefetch = fixed
+        self.capacity = concurrency + fixed
+        #: Moving average of how long one handler run takes, s (0: none yet);
+        #: sizes the automatic prefetch.
+        self._run_s = 0.0
         self.lease_s = lease
         self.shutdown_timeout_s = shutdown_timeout
         self.burst = burst
@@ -357,10 +373,12 @@ class Worker:
             for entry_id, flat in entries:
                 if flat is None:  # deleted after delivery; nothing to run
                     continue
-                it = iter(flat)
-                batch.append(
-                    Delivery(sub, pk, entry_id, dict(zip(it, it, strict=False)))
-                )
+                if len(flat) == 4:  # task and payload: most entries
+                    fields = {flat[0]: flat[1], flat[2]: flat[3]}
+                else:
+                    it = iter(flat)
+                    fields = dict(zip(it, it, strict=False))
+                batch.append(Delivery(sub, pk, entry_id, fields))
         self.hold(batch)
 
     def not_idle(self, topics: set[str]) -> None:
@@ -390,6 +408,11 @@ class Worker:
         runnable: list[Delivery] = []
         with self._lock:
             self._idle_readers.pop(batch[0].sub, None)
+            # Batches come partition by partition: look the partition's map
+            # up when it changes, not once per entry (hashing the key tuple
+            # costs more than the rest of this loop).
+            pk: PartitionKeys | None = None
+            entries: dict[bytes, Delivery] = {}
             for delivery in batch:
                 sub = delivery.sub
                 if sub.ordered and delivery.pk not in sub.accepting:
@@ -399,9 +422,10 @@ class Worker:
                     ownership = self.ownerships[sub]
                     if delivery.pk not in ownership.tokens:
                         continue
-                self.held.setdefault((sub.group, delivery.pk), {})[delivery.id] = (
-                    delivery
-                )
+                if delivery.pk is not pk:
+                    pk = delivery.pk
+                    entries = self.held.setdefault((sub.group, pk), {})
+                entries[delivery.id] = delivery
                 if delivery.lost:
                     continue
                 if not self.sequenced(delivery) or self.sequencer.admit(delivery):
@@ -421,15 +445,31 @@ class Worker:
         handler = delivery.sub.handler_for(delivery.fields)
         return isinstance(handler, Handler) and handler.ordered
 
+    def _auto_capacity(self) -> int:
+        """The entries this worker may hold unfinished now.
+
+        With ``prefetch="auto"``, the read-ahead is what the handlers get
+        through in ``PREFETCH_BUFFER_S`` at their recent pace, between
+        concurrency and ``PREFETCH_MAX``: tasks of microseconds are read a
+        thousand at a time (a round trip per handful of entries would cost
+        more than the tasks), while slow tasks are not hoarded by one
+        worker when others could start them.
+        """
+        if self.auto_prefetch and self._run_s > 0:
+            extra = int(self.concurrency * defaults.PREFETCH_BUFFER_S / self._run_s)
+            self.prefetch = max(self.concurrency, min(defaults.PREFETCH_MAX, extra))
+            self.capacity = self.concurrency + self.prefetch
+        return self.capacity
+
     def free_room(self) -> int:
         with self._lock:
-            return self.capacity - self._unfinished
+            return self._auto_capacity() - self._unfinished
 
     def reserve_room(self, most: int) -> int:
         """Count up to ``most`` free places as taken (for a read that is
         out); returns how many."""
         with self._lock:
-            granted = max(0, min(most, self.capacity - self._unfinished))
+            granted = max(0, min(most, self._auto_capacity() - self._unfinished))
             self._unfinished += granted
             return granted
 
@@ -443,7 +483,7 @@ class Worker:
     def _wait_for_room(self) -> int:
         with self._room:
             while (
-                self._unfinished >= self.capacity or self._parked >= PARK_LIMIT
+                self._unfinished >= self._auto_capacity() or self._parked >= PARK_LIMIT
             ) and not self.stopping.is_set():
                 self._reader_waiting = True
                 self._room.wait(0.5)
@@ -460,8 +500,13 @@ class Worker:
     def release(self, deliveries: Iterable[Delivery]) -> None:
         """Stop holding deliveries (settled, handed back or lost)."""
         with self._lock:
+            pk: PartitionKeys | None = None
+            sub: Subscription | None = None
+            entries: dict[bytes, Delivery] | None = None
             for delivery in deliveries:
-                entries = self.held.get((delivery.sub.group, delivery.pk))
+                if delivery.pk is not pk or delivery.sub is not sub:
+                    pk, sub = delivery.pk, delivery.sub
+                    entries = self.held.get((sub.group, pk))
                 if entries is not None:
                     entries.pop(delivery.id, None)
 
@@ -572,6 +617,9 @@ class Worker:
         put = self.settler.put
         running = self._running
         lock = self._lock
+        timed = self.auto_prefetch
+        perf_counter = time.perf_counter
+        started = 0.0
         while True:
             delivery = get()
             if delivery is None:
@@ -592,12 +640,21 @@ class Worker:
                 self._finished()
                 continue
             running[ident] = delivery
+            if timed:
+                started = perf_counter()
             try:
                 outcome = run(delivery)
             finally:
                 del running[ident]
                 delivery.state = FINISHED
                 self._finished()
+            if timed:
+                # Races between threads only blur the average a little.
+                elapsed = perf_counter() - started
+                average = self._run_s
+                self._run_s = (
+                    elapsed if average <= 0 else average + (elapsed - average) / 64
+                )
             put(outcome)
 
     # -- stopping ------------------------------------------------------------------

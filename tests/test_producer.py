@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -120,6 +121,29 @@ def test_send_many_is_one_round_trip_per_batch(app: TaskQ, monkeypatch: Any) -> 
     assert len(ids) == len(set(ids)) == 2510
     assert executions == [1000, 1000, 510]
     assert sum(_lengths(app, "bulk")) == 2510
+
+
+def test_send_many_routes_by_key_and_returns_the_stored_ids(app: TaskQ) -> None:
+    def key_of(args: dict[str, Any]) -> int | None:
+        return None if args["n"] % 3 == 0 else args["n"] % 5
+
+    @app.task(topic="routed", key=key_of)
+    def job(n: int, label: str = "x") -> None: ...
+
+    ids = job.send_many([(n,) for n in range(30)] + [{"n": 31, "label": "y"}])
+    assert len(ids) == 31
+    for n, message_id in zip([*range(30), 31], ids, strict=True):
+        _, partition, entry_id = message_id.split(":")
+        stream = app.keys.partition("routed", int(partition)).stream
+        [(_, fields)] = app.redis.xrange(stream, entry_id, entry_id)
+        assert json.loads(fields[b"payload"])["n"] == n
+        if n % 3:
+            assert fields[b"key"] == str(n % 5).encode()
+            assert int(partition) == partition_for(str(n % 5), 4)
+        else:
+            assert b"key" not in fields
+    with pytest.raises(taskq.ValidationError, match=r"item 1: .*takes 2 arguments"):
+        job.send_many([(1,), (1, "a", "extra")])
 
 
 def test_payload_too_large(app: TaskQ) -> None:

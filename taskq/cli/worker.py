@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from taskq import defaults
 from taskq.cli import LOG_LEVELS, load_app, setup_logging
+
+
+class PrefetchType(click.ParamType):  # type: ignore[type-arg]
+    """A number of entries >= 0, or "auto"."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if value == "auto":
+            return "auto"
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if number < 0:
+            self.fail(f"{value!r} is not a number >= 0 or 'auto'", param, ctx)
+        return number
 
 
 def _split(values: tuple[str, ...]) -> list[str] | None:
@@ -41,9 +61,10 @@ def _split(values: tuple[str, ...]) -> list[str] | None:
 )
 @click.option(
     "--prefetch",
-    type=click.IntRange(min=0),
+    type=PrefetchType(),
     default=None,
-    help="Entries read ahead beyond those that can start at once [default: 0].",
+    help="Entries read ahead beyond those that can start at once: a number, "
+    "or 'auto' (about 0.1 s of work at the handlers' pace) [default: 0].",
 )
 @click.option(
     "--processes",
@@ -89,7 +110,7 @@ def worker(
     groups: tuple[str, ...],
     topics: tuple[str, ...],
     concurrency: int,
-    prefetch: int | None,
+    prefetch: int | str | None,
     processes: int,
     lease: float,
     shutdown_timeout: float,

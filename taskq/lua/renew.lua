@@ -8,9 +8,10 @@
 --
 -- Entries another consumer holds now are left alone (this consumer lost
 -- them while it stalled); their ids are returned so the worker knows.
--- Entries no consumer holds (the group was recreated, or the entry
--- acknowledged elsewhere) are neither claimed nor returned: acknowledging
--- them later finds out and says so.
+-- Entries no consumer holds (the group was recreated, the entry was
+-- acknowledged since the worker listed them, its settler running
+-- alongside) are neither renewed nor reported: acknowledging them later
+-- finds out and says so.
 
 local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[#ARGV],
   #ARGV - 2, ARGV[2])
