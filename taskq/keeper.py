@@ -52,6 +52,8 @@ WATCHDOG_S = 0.1
 #: Smallest and largest pause between two reclaim passes, s.
 RECLAIM_MIN_S = 0.2
 RECLAIM_MAX_S = 10.0
+#: Added to the moment a lease runs out before it is claimed, s.
+RECLAIM_SLACK_S = 0.01
 #: Entries taken over in one reclaim call.
 RECLAIM_BATCH = 100
 #: Messages moved from a delayed set in one call.
@@ -246,12 +248,7 @@ class Keeper:
     # -- leases ------------------------------------------------------------------------
 
     def _renew(self) -> None:
-        with self.worker._lock:
-            snapshot = [
-                (group, pk, dict(entries))
-                for (group, pk), entries in self.worker.held.items()
-                if entries
-            ]
+        snapshot = self.worker.holdings.snapshot()
         if not snapshot:
             return
         pipe = self.client.pipeline(transaction=False)
@@ -279,7 +276,7 @@ class Keeper:
                         "acknowledged here.",
                         delivery.describe(),
                     )
-                    self.worker.release([delivery])
+                    self.worker.holdings.release([delivery])
 
     def _reclaim(self) -> None:
         for sub in self.subs:
@@ -289,7 +286,7 @@ class Keeper:
             # busy worker still takes one per partition: it runs next, ahead
             # of new reads (which wait for room), instead of waiting until
             # the partition's backlog is worked off.
-            count = min(max(1, self.worker.free_room()), RECLAIM_BATCH)
+            count = min(max(1, self.worker.holdings.free_room()), RECLAIM_BATCH)
             pipe = self.client.pipeline(transaction=False)
             for pk in sub.partitions:
                 cursor = self._cursors.get((sub.group, pk), b"0-0")
@@ -310,8 +307,16 @@ class Keeper:
                 if isinstance(result, redis.ResponseError):
                     self._recover(sub, pk, result)
                     continue
-                cursor, entries, deleted = result
+                cursor, entries, deleted, soonest_ms = result
                 self._cursors[(sub.group, pk)] = cursor
+                if soonest_ms > 0 or (
+                    soonest_ms == 0 and self.worker.holdings.free_room() > 0
+                ):
+                    # Come back when the next lease runs out (plus a little),
+                    # if that is sooner; one that ran out already, as soon as
+                    # there is room for it.
+                    at = time.monotonic() + soonest_ms / 1000 + RECLAIM_SLACK_S
+                    self._next_run["reclaim"] = min(self._next_run["reclaim"], at)
                 now_ms = int(time.time() * 1000)
                 for entry_id, flat, deliveries, idle_ms in entries:
                     it = iter(flat)
@@ -345,7 +350,7 @@ class Keeper:
                     sub.topic,
                     sub.group,
                 )
-                self.worker.hold(batch)
+                self.worker.holdings.hold(batch)
 
     def _recover(self, sub: Subscription, pk: PartitionKeys, error: Exception) -> None:
         text = str(error)
@@ -508,7 +513,7 @@ class Keeper:
         if any(moved for moved, _ in results):
             # What was moved is new work: a burst worker must read again
             # before it may call itself drained.
-            self.worker.not_idle({pk.topic for pk in due})
+            self.worker.holdings.not_idle({pk.topic for pk in due})
 
     # -- ordered handlers -----------------------------------------------------------
 
@@ -533,7 +538,7 @@ class Keeper:
             while self._reruns and self._reruns[0][0] <= now:
                 due.append(heapq.heappop(self._reruns)[2])
         for delivery in due:
-            self.worker.rerun(delivery)
+            self.worker.holdings.rerun(delivery)
 
     # -- the rest ---------------------------------------------------------------
 

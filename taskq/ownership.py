@@ -31,6 +31,7 @@ import redis
 
 from taskq.connection import CONNECTION_ERRORS
 from taskq.delivery import Delivery, Subscription
+from taskq.holdings import sequenced
 from taskq.keys import PartitionKeys
 from taskq.scripts import Scripts, chunks
 from taskq.sequencer import sequence_key
@@ -160,7 +161,8 @@ class Ownership:
     # -- taking and giving up --------------------------------------------------------
 
     def take(self, client: redis.Redis, scripts: Scripts, pk: PartitionKeys) -> None:
-        if pk in self.draining and self.worker.running_in(self.sub.group, pk):
+        holdings = self.worker.holdings
+        if pk in self.draining and holdings.running_in(self.sub.group, pk):
             return
         self.draining.discard(pk)
         owned = scripts.own(pk, self.sub.group, self.member, self.lease_ms)
@@ -176,7 +178,7 @@ class Ownership:
         taken = 0
         heads: set[bytes] = set()
         while True:
-            cursor, entries, _ = scripts.reclaim(
+            cursor, entries, _, _ = scripts.reclaim(
                 pk, self.sub.group, self.member, 0, cursor, TAKEOVER_BATCH
             )
             batch = []
@@ -187,7 +189,7 @@ class Ownership:
             if not handed_over:
                 self._uncharge(scripts, pk, owner, batch, heads)
             taken += len(batch)
-            self.worker.hold(batch)
+            holdings.hold(batch)
             if cursor in (b"0-0", "0-0"):
                 break
         self.sub.start_reading(pk)
@@ -216,7 +218,7 @@ class Ownership:
         have been running (the others waited behind it)."""
         counts = []
         for delivery in batch:
-            key = sequence_key(delivery) if self.worker.sequenced(delivery) else None
+            key = sequence_key(delivery) if sequenced(delivery) else None
             if key is None:
                 continue
             if key[2] not in heads:
@@ -247,7 +249,7 @@ class Ownership:
         self.sub.accepting.discard(pk)
         self.sub.stop_reading(pk)
         self.worker.reading_changed(self.sub)
-        counts = self.worker.hand_over(self.sub, pk, force=force)
+        counts = self.worker.holdings.hand_over(self.sub, pk, force=force)
         if counts is None:
             return False  # handlers of it still run; try again next pass
         try:
@@ -284,7 +286,7 @@ class Ownership:
             why,
         )
         self.sub.stop_reading(pk)
-        self.worker.drop_partition(self.sub, pk)
+        self.worker.holdings.drop_partition(self.sub, pk)
         self.draining.add(pk)
         self.worker.reading_changed(self.sub)
 

@@ -84,7 +84,7 @@ class Settler:
                         "unacknowledged for redelivery.",
                         len(batch),
                     )
-                    self.worker.release(o.delivery for o in batch)
+                    self.worker.holdings.release(o.delivery for o in batch)
                     return
                 time.sleep(self.worker.outage.failed(exc))
 
@@ -149,7 +149,7 @@ class Settler:
             else:
                 cast(Any, pipe).execute_command("XACK", pk.stream, group, *ids)
         if skipped:
-            worker.release(skipped)
+            worker.holdings.release(skipped)
         if not calls and not ack_keys:
             return
         results = scripts.execute(pipe, raise_on_error=False)
@@ -171,7 +171,7 @@ class Settler:
         elif isinstance(result, Exception) or result < len(deliveries):
             worker.keeper.ack_missed(pk.stream, group, len(deliveries), result)
         worker.stats["acked"] += len(deliveries)
-        worker.settled(deliveries)
+        worker.holdings.settled(deliveries)
 
     def _after_call(self, outcome: Outcome, result: Any) -> None:
         delivery = outcome.delivery
@@ -179,7 +179,7 @@ class Settler:
         kind = outcome.kind
         if isinstance(result, Exception):
             log.warning("Could not %s %s: %s", kind.value, delivery.describe(), result)
-            worker.settled([delivery])
+            worker.holdings.settled([delivery])
             return
         if result == -1 or (result is None and delivery.sub.ordered):
             worker.fence_failed(delivery)
@@ -190,15 +190,15 @@ class Settler:
                 "leaving it to that worker.",
                 delivery.describe(),
             )
-            worker.settled([delivery])
+            worker.holdings.settled([delivery])
             return
         if kind is Settle.RETRY:
             worker.stats["retried"] += 1
             worker.keeper.wake_delayed(delivery.pk, outcome.delay_ms)
-            worker.settled([delivery])
+            worker.holdings.settled([delivery])
         elif kind is Settle.RETRY_IN_PLACE:
             worker.stats["retried"] += 1
             worker.retry_later(delivery, outcome.delay_ms)
         else:
             worker.stats["dead"] += 1
-            worker.settled([delivery])
+            worker.holdings.settled([delivery])

@@ -38,7 +38,7 @@ from taskq import defaults
 from taskq import message as wire
 from taskq.connection import CONNECTION_ERRORS, Outage, is_memory
 from taskq.delivery import FINISHED, RUNNING, WAITING, Delivery, Subscription
-from taskq.handlers import Handler
+from taskq.holdings import Holdings
 from taskq.keeper import Keeper
 from taskq.keys import PartitionKeys
 from taskq.ownership import Ownership
@@ -46,7 +46,6 @@ from taskq.reading import Reader, ReadShares, make_reader, read_sets
 from taskq.runner import Runner
 from taskq.scheduler import Scheduler
 from taskq.scripts import chunks, pack_message
-from taskq.sequencer import Sequencer
 from taskq.settler import Settler
 
 if TYPE_CHECKING:
@@ -57,10 +56,6 @@ log = logging.getLogger("taskq.worker")
 #: A second SIGTERM or SIGINT stops a worker at once, unless it comes this
 #: soon after the first (then it is the same request, delivered twice), s.
 SIGNAL_GRACE_S = 1.0
-
-#: Most deliveries of ordered handlers a worker keeps waiting for their key
-#: (or for a retry) before it stops reading more.
-PARK_LIMIT = 1000
 
 
 def make_worker_id() -> str:
@@ -101,26 +96,6 @@ class Worker:
         self.app = app
         self.id = worker_id or make_worker_id()
         self.concurrency = concurrency
-        # Entries read beyond those that can start at once wait in this
-        # process; if it dies, their delivery counts grow although they never
-        # ran, so reading ahead is opt-in (README: "What happens when things
-        # fail").
-        self.auto_prefetch = prefetch == "auto"
-        if self.auto_prefetch:
-            fixed = concurrency  # until the handlers' pace is known
-        elif prefetch is None:
-            fixed = 0
-        elif isinstance(prefetch, int) and prefetch >= 0:
-            fixed = prefetch
-        else:
-            raise ValueError(
-                f"prefetch must be a number >= 0 or 'auto', not {prefetch!r}"
-            )
-        self.prefetch = fixed
-        self.capacity = concurrency + fixed
-        #: Moving average of how long one handler run takes, s (0: none yet);
-        #: sizes the automatic prefetch.
-        self._run_s = 0.0
         self.lease_s = lease
         self.shutdown_timeout_s = shutdown_timeout
         self.burst = burst
@@ -133,29 +108,12 @@ class Worker:
         self.subscriptions = self._subscriptions(groups, topics)
         self.runner = Runner(self.id, app.max_payload_bytes)
         self.outage = Outage(app.url, log)
-        self.sequencer = Sequencer()
         self.ownerships: dict[Subscription, Ownership] = {
             sub: Ownership(self, sub) for sub in self.subscriptions if sub.ordered
         }
-
-        self._queue: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
-        #: (group, partition) -> entry id -> delivery, for every entry held:
-        #: read or taken over, and not yet settled. The keeper renews them.
-        self.held: dict[tuple[str, PartitionKeys], dict[bytes, Delivery]] = {}
-        #: Held deliveries that are queued or running: the worker reads more
-        #: only while this is below its capacity.
-        self._unfinished = 0
-        #: Held deliveries of ordered handlers waiting for their key or for
-        #: a retry; they do not take handler threads, so they are counted
-        #: apart (up to PARK_LIMIT).
-        self._parked = 0
-        self._reader_waiting = False
+        self.holdings = Holdings(concurrency, prefetch, self.ownerships)
         #: handler thread id -> the delivery it is running.
         self._running: dict[int, Delivery] = {}
-        #: subscription -> its readers (by index) that found nothing new.
-        self._idle_readers: dict[Subscription, set[int]] = {}
         self._readers: dict[tuple[Subscription, int], Reader] = {}
         self._reader_count = 0
 
@@ -280,15 +238,14 @@ class Worker:
         self._threads.append(thread)
 
     def _drained(self) -> bool:
-        with self._lock:
-            return (
-                sum(len(idle) for idle in self._idle_readers.values())
-                == self._reader_count
-                and self._unfinished == 0
-                and self._parked == 0
-                and not any(self.held.values())
-                and not self.keeper.delayed_due()
-            )
+        holdings = self.holdings
+        with holdings.lock:
+            idle = sum(len(readers) for readers in holdings.idle_readers.values())
+        return (
+            idle == self._reader_count
+            and holdings.empty()
+            and not self.keeper.delayed_due()
+        )
 
     # -- reading -------------------------------------------------------------------
 
@@ -315,7 +272,7 @@ class Worker:
         among = None if len(shares) == 1 else frozenset(pk.stream for pk in partitions)
         self._readers[(sub, index)] = reader
         while not self.stopping.is_set():
-            free = self._wait_for_room()
+            free = self.holdings.wait_for_room(self.stopping)
             if free <= 0:
                 continue
             tail = sub.read_args(time.monotonic(), among)
@@ -323,11 +280,11 @@ class Worker:
             if not streams:
                 # Nothing to read now (an ordered subscription that owns no
                 # partition here yet, or broken keys): look again shortly.
-                self._set_idle(sub, index)
+                self.holdings.idle(sub, index)
                 sub.changed.wait(0.5)
                 sub.changed.clear()
                 continue
-            with shares.turn(index, free, streams, self.read_batch, self) as (
+            with shares.turn(index, free, streams, self.read_batch, self.holdings) as (
                 count,
                 wait,
             ):
@@ -354,14 +311,10 @@ class Worker:
                     self._accept(sub, response)
                 shares.found(index, bool(response))
             if not response and self.burst:
-                self._set_idle(sub, index)
+                self.holdings.idle(sub, index)
                 time.sleep(0.02)
         self._readers.pop((sub, index), None)
         reader.close()
-
-    def _set_idle(self, sub: Subscription, index: int) -> None:
-        with self._lock:
-            self._idle_readers.setdefault(sub, set()).add(index)
 
     def _accept(self, sub: Subscription, response: Any) -> None:
         if isinstance(response, dict):  # RESP3
@@ -379,13 +332,7 @@ class Worker:
                     it = iter(flat)
                     fields = dict(zip(it, it, strict=False))
                 batch.append(Delivery(sub, pk, entry_id, fields))
-        self.hold(batch)
-
-    def not_idle(self, topics: set[str]) -> None:
-        """New entries may have arrived in these topics (burst mode)."""
-        with self._lock:
-            for sub in [s for s in self._idle_readers if s.topic in topics]:
-                del self._idle_readers[sub]
+        self.holdings.hold(batch)
 
     def reading_changed(self, sub: Subscription) -> None:
         """The partitions ``sub`` reads changed: let its reader see it now."""
@@ -397,156 +344,6 @@ class Worker:
         for (sub, _), reader in list(self._readers.items()):
             if subs is None or sub in subs:
                 reader.unblock(self.keeper.client)
-
-    # -- holding -------------------------------------------------------------------
-
-    def hold(self, batch: list[Delivery]) -> None:
-        """Hold deliveries and hand them to the handler threads (or, for
-        ordered handlers, to the sequencer)."""
-        if not batch:
-            return
-        runnable: list[Delivery] = []
-        with self._lock:
-            self._idle_readers.pop(batch[0].sub, None)
-            # Batches come partition by partition: look the partition's map
-            # up when it changes, not once per entry (hashing the key tuple
-            # costs more than the rest of this loop).
-            pk: PartitionKeys | None = None
-            entries: dict[bytes, Delivery] = {}
-            for delivery in batch:
-                sub = delivery.sub
-                if sub.ordered and delivery.pk not in sub.accepting:
-                    # Read just as the partition was given up or lost: leave
-                    # it to the next owner (counted in the hand-over, if any).
-                    delivery.lost = True
-                    ownership = self.ownerships[sub]
-                    if delivery.pk not in ownership.tokens:
-                        continue
-                if delivery.pk is not pk:
-                    pk = delivery.pk
-                    entries = self.held.setdefault((sub.group, pk), {})
-                entries[delivery.id] = delivery
-                if delivery.lost:
-                    continue
-                if not self.sequenced(delivery) or self.sequencer.admit(delivery):
-                    runnable.append(delivery)
-                else:
-                    self._parked += 1
-            self._unfinished += len(runnable)
-        put = self._queue.put
-        for delivery in runnable:
-            put(delivery)
-
-    @staticmethod
-    def sequenced(delivery: Delivery) -> bool:
-        """Whether the delivery waits for earlier ones of its key."""
-        if not delivery.sub.ordered:
-            return False
-        handler = delivery.sub.handler_for(delivery.fields)
-        return isinstance(handler, Handler) and handler.ordered
-
-    def _auto_capacity(self) -> int:
-        """The entries this worker may hold unfinished now.
-
-        With ``prefetch="auto"``, the read-ahead is what the handlers get
-        through in ``PREFETCH_BUFFER_S`` at their recent pace, between
-        concurrency and ``PREFETCH_MAX``: tasks of microseconds are read a
-        thousand at a time (a round trip per handful of entries would cost
-        more than the tasks), while slow tasks are not hoarded by one
-        worker when others could start them.
-        """
-        if self.auto_prefetch and self._run_s > 0:
-            extra = int(self.concurrency * defaults.PREFETCH_BUFFER_S / self._run_s)
-            self.prefetch = max(self.concurrency, min(defaults.PREFETCH_MAX, extra))
-            self.capacity = self.concurrency + self.prefetch
-        return self.capacity
-
-    def free_room(self) -> int:
-        with self._lock:
-            return self._auto_capacity() - self._unfinished
-
-    def reserve_room(self, most: int) -> int:
-        """Count up to ``most`` free places as taken (for a read that is
-        out); returns how many."""
-        with self._lock:
-            granted = max(0, min(most, self._auto_capacity() - self._unfinished))
-            self._unfinished += granted
-            return granted
-
-    def return_room(self, count: int) -> None:
-        """Give back places :meth:`reserve_room` counted."""
-        if count:
-            with self._room:
-                self._unfinished -= count
-                self._room.notify_all()
-
-    def _wait_for_room(self) -> int:
-        with self._room:
-            while (
-                self._unfinished >= self._auto_capacity() or self._parked >= PARK_LIMIT
-            ) and not self.stopping.is_set():
-                self._reader_waiting = True
-                self._room.wait(0.5)
-            self._reader_waiting = False
-            return self.capacity - self._unfinished
-
-    def _finished(self) -> None:
-        """A handler finished (or a queued delivery was dropped)."""
-        with self._lock:
-            self._unfinished -= 1
-            if self._reader_waiting:
-                self._room.notify_all()
-
-    def release(self, deliveries: Iterable[Delivery]) -> None:
-        """Stop holding deliveries (settled, handed back or lost)."""
-        with self._lock:
-            pk: PartitionKeys | None = None
-            sub: Subscription | None = None
-            entries: dict[bytes, Delivery] | None = None
-            for delivery in deliveries:
-                if delivery.pk is not pk or delivery.sub is not sub:
-                    pk, sub = delivery.pk, delivery.sub
-                    entries = self.held.get((sub.group, pk))
-                if entries is not None:
-                    entries.pop(delivery.id, None)
-
-    def settled(self, deliveries: list[Delivery]) -> None:
-        """Their outcome is in Redis: stop holding them, and let the next
-        delivery of each ordered key run."""
-        runnable: list[Delivery] = []
-        with self._lock:
-            for delivery in deliveries:
-                entries = self.held.get((delivery.sub.group, delivery.pk))
-                if entries is not None:
-                    entries.pop(delivery.id, None)
-                if delivery.sub.ordered and not delivery.lost:
-                    following = self.sequencer.done(delivery)
-                    if following is not None:
-                        self._parked -= 1
-                        if not following.lost:
-                            runnable.append(following)
-            self._unfinished += len(runnable)
-            if self._reader_waiting:
-                self._room.notify_all()
-        for delivery in runnable:
-            self._queue.put(delivery)
-
-    def retry_later(self, delivery: Delivery, delay_ms: int) -> None:
-        """An ordered delivery failed and stays put: run it again later."""
-        with self._lock:
-            delivery.deliveries += 1  # as retry_in_place.lua counted it
-            delivery.state = WAITING
-            self._parked += 1
-        self.keeper.run_later(delivery, delay_ms)
-
-    def rerun(self, delivery: Delivery) -> None:
-        """The retry delay of an ordered delivery is over."""
-        with self._lock:
-            self._parked -= 1
-            if delivery.lost:
-                return
-            self._unfinished += 1
-        self._queue.put(delivery)
 
     # -- owned partitions ----------------------------------------------------------
 
@@ -561,63 +358,23 @@ class Worker:
         if ownership is not None:
             ownership.lost(delivery.pk, "another member holds its lease")
 
-    def running_in(self, group: str, pk: PartitionKeys) -> bool:
-        with self._lock:
-            entries = self.held.get((group, pk), {})
-            return any(d.state == RUNNING for d in entries.values())
-
-    def hand_over(
-        self, sub: Subscription, pk: PartitionKeys, *, force: bool
-    ) -> list[tuple[bytes, int]] | None:
-        """Stop working on a partition about to be given up.
-
-        Returns ``(entry id, delivery count)`` for every entry still held,
-        counted so the next owner charges an attempt only to those that ran
-        (or, with ``force``, were cut short); or None while some of its
-        handlers still run or wait to be settled (nothing changes then but
-        that no waiting delivery of it starts any more).
-        """
-        with self._lock:
-            entries = self.held.get((sub.group, pk), {})
-            for delivery in self.sequencer.drop(sub.group, pk):
-                delivery.lost = True
-                self._parked -= 1
-            busy = [
-                d
-                for d in entries.values()
-                if d.state in (RUNNING, FINISHED) and not d.lost
-            ]
-            for delivery in entries.values():
-                if delivery.state == WAITING:
-                    delivery.lost = True  # handler threads skip it
-            if busy and not force:
-                return None
-            counts = [
-                (d.id, d.deliveries if d.state == RUNNING else max(0, d.deliveries - 1))
-                for d in entries.values()
-            ]
-            for delivery in entries.values():
-                delivery.lost = True
-            self.held.pop((sub.group, pk), None)
-        return counts
-
-    def drop_partition(self, sub: Subscription, pk: PartitionKeys) -> None:
-        """The partition's lease is lost: forget all that is held of it."""
-        with self._lock:
-            self._parked -= len(self.sequencer.drop(sub.group, pk))
-            for delivery in self.held.pop((sub.group, pk), {}).values():
-                delivery.lost = True
+    def retry_later(self, delivery: Delivery, delay_ms: int) -> None:
+        """An ordered delivery failed and stays put: run it again later."""
+        self.holdings.park_for_retry(delivery)
+        self.keeper.run_later(delivery, delay_ms)
 
     # -- handling ------------------------------------------------------------------
 
     def _work_loop(self) -> None:
         ident = threading.get_ident()
-        get = self._queue.get
+        holdings = self.holdings
+        get = holdings.queue.get
+        finished = holdings.finished
         run = self.runner.run
         put = self.settler.put
         running = self._running
-        lock = self._lock
-        timed = self.auto_prefetch
+        lock = holdings.lock
+        timed = holdings.auto_prefetch
         perf_counter = time.perf_counter
         started = 0.0
         while True:
@@ -637,7 +394,7 @@ class Worker:
                 delivery.state = RUNNING
             if skip:
                 delivery.state = WAITING
-                self._finished()
+                finished()
                 continue
             running[ident] = delivery
             if timed:
@@ -647,14 +404,9 @@ class Worker:
             finally:
                 del running[ident]
                 delivery.state = FINISHED
-                self._finished()
+                finished()
             if timed:
-                # Races between threads only blur the average a little.
-                elapsed = perf_counter() - started
-                average = self._run_s
-                self._run_s = (
-                    elapsed if average <= 0 else average + (elapsed - average) / 64
-                )
+                holdings.timed(perf_counter() - started)
             put(outcome)
 
     # -- stopping ------------------------------------------------------------------
@@ -672,12 +424,12 @@ class Worker:
         unstarted: list[Delivery] = []
         while True:
             try:
-                item = self._queue.get_nowait()
+                item = self.holdings.queue.get_nowait()
             except queue.Empty:
                 break
             if item is not None:
                 unstarted.append(item)
-                self._finished()
+                self.holdings.finished()
         running = len(self._running)
         released = self._requeue(
             [d for d in unstarted if not d.sub.ordered], started=False
@@ -696,7 +448,7 @@ class Worker:
         self.settler.closing.set()
         self.settler.wake.set()
         for _ in range(self.concurrency):
-            self._queue.put(None)
+            self.holdings.queue.put(None)
         for thread in self._threads:
             if thread.name == "taskq-settler":
                 remaining = max(1.0, deadline - time.monotonic())
@@ -755,5 +507,5 @@ class Worker:
                 len(deliveries),
                 exc,
             )
-        self.release(deliveries)
+        self.holdings.release(deliveries)
         return count

@@ -12,31 +12,33 @@ from taskq import TaskQ, Worker, defaults
 def test_no_read_ahead_by_default(make_app: Any) -> None:
     app = make_app("memory://prefetch-none")
     worker = Worker(app, concurrency=4)
-    worker._run_s = 1e-6
-    assert worker._auto_capacity() == 4
+    worker.holdings.run_s = 1e-6
+    assert worker.holdings.auto_capacity() == 4
 
 
 def test_fixed_prefetch_is_kept(make_app: Any) -> None:
     app = make_app("memory://prefetch-fixed")
     worker = Worker(app, concurrency=4, prefetch=10)
-    worker._run_s = 1e-6
-    assert worker._auto_capacity() == 14
+    worker.holdings.run_s = 1e-6
+    assert worker.holdings.auto_capacity() == 14
 
 
 def test_automatic_prefetch_follows_task_duration(make_app: Any) -> None:
     app = make_app("memory://prefetch-auto")
     worker = Worker(app, concurrency=8, prefetch="auto")
     # Before any task ran: concurrency beyond the running ones.
-    assert worker._auto_capacity() == 16
+    assert worker.holdings.auto_capacity() == 16
     # Microsecond tasks: as many as the cap allows.
-    worker._run_s = 1e-6
-    assert worker._auto_capacity() == 8 + defaults.PREFETCH_MAX
+    worker.holdings.run_s = 1e-6
+    assert worker.holdings.auto_capacity() == 8 + defaults.PREFETCH_MAX
     # Ten-millisecond tasks: what 8 threads get through in the buffer time.
-    worker._run_s = 0.01
-    assert worker._auto_capacity() == 8 + int(8 * defaults.PREFETCH_BUFFER_S / 0.01)
+    worker.holdings.run_s = 0.01
+    assert worker.holdings.auto_capacity() == 8 + int(
+        8 * defaults.PREFETCH_BUFFER_S / 0.01
+    )
     # Slow tasks are not hoarded: back to concurrency.
-    worker._run_s = 5.0
-    assert worker._auto_capacity() == 16
+    worker.holdings.run_s = 5.0
+    assert worker.holdings.auto_capacity() == 16
 
 
 def test_worker_measures_its_tasks(app: TaskQ, running: Any, until: Any) -> None:
@@ -50,6 +52,6 @@ def test_worker_measures_its_tasks(app: TaskQ, running: Any, until: Any) -> None
     slow.send_many([(n,) for n in range(4)])
     with running(Worker(app, concurrency=2, prefetch="auto")) as worker:
         until(lambda: len(done) == 4)
-        assert 0.14 < worker._run_s < 2.0
+        assert 0.14 < worker.holdings.run_s < 2.0
         # 2 threads x 0.1 s / 0.15 s is below concurrency: the minimum.
-        assert worker._auto_capacity() == 4
+        assert worker.holdings.auto_capacity() == 4

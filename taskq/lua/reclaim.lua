@@ -11,8 +11,10 @@
 -- ARGV[5]  most entries to take
 --
 -- Returns {next cursor, {{id, fields, deliveries, idle ms before}, ...},
--- deleted ids}. Deleted ids name entries that were trimmed or deleted while
--- pending; XAUTOCLAIM has already removed them from the pending list.
+-- deleted ids, ms until the next entry another consumer holds runs out
+-- its lease (of the oldest pending entries; -1 if none)}. Deleted ids name
+-- entries that were trimmed or deleted while pending; XAUTOCLAIM has
+-- already removed them from the pending list.
 
 -- How long each candidate had been idle, i.e. when its last holder got it:
 -- the closest thing to the start of an attempt that died with its worker.
@@ -37,4 +39,16 @@ for _, entry in ipairs(claimed[2]) do
     result[#result + 1] = {entry[1], entry[2], deliveries, idle[entry[1]] or 0}
   end
 end
-return {claimed[1], result, claimed[3] or {}}
+-- When to look again: as soon as the next entry of another consumer has
+-- gone without renewal for a whole lease, not a reclaim period later.
+local soonest = -1
+local lease = tonumber(ARGV[3])
+for _, entry in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 100)) do
+  if entry[2] ~= ARGV[2] then
+    local left = math.max(0, lease - entry[3])
+    if soonest < 0 or left < soonest then
+      soonest = left
+    end
+  end
+end
+return {claimed[1], result, claimed[3] or {}, soonest}
