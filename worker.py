@@ -4,9 +4,7 @@ The same as ``taskq worker APP [OPTIONS]``, for deployments that start a
 script rather than a console command.
 """
 
-import sys
-
-from taskq.cli import main
+from taskq.cli.worker import worker
 
 if __name__ == "__main__":
-    main(["worker", *sys.argv[1:]], prog_name="worker.py")
+    worker(prog_name="python worker.py")

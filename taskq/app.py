@@ -462,6 +462,14 @@ class TaskQ:
         Every consumer group of the topic receives it.
         """
         check_name("topic", topic)
+        carriers = [t.name for t in self.tasks.values() if t.topic == topic]
+        if carriers:
+            # The task group would dead-letter the event (it names no task),
+            # and every consumer of the topic would see the tasks.
+            raise ConfigurationError(
+                f"topic {topic!r} carries tasks ({', '.join(sorted(carriers))}); "
+                "publish events to a topic of their own"
+            )
         return self._producer.publish(topic, event, key)
 
     # -- what a worker serves -------------------------------------------------------

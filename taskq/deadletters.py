@@ -63,8 +63,13 @@ class DeadLetter:
         }
 
     def summary(self) -> dict[str, str]:
+        message = self.message
+        origin = message.get(wire.ORIGIN)
         return {
             "id": self.ref,
+            "message_id": wire.text(origin)
+            if origin
+            else wire.message_id(self.topic, self.partition, self.get("source_id")),
             "reason": self.reason,
             "task": self.get("task"),
             "key": self.get("key"),
@@ -119,14 +124,17 @@ def find(app: TaskQ, ref: str) -> DeadLetter | None:
 
 
 def replay(app: TaskQ, letter: DeadLetter) -> str:
-    """Send a dead letter again, attempts reset, and remove it.
+    """Send a dead letter again, attempts reset, and remove it; returns the
+    new copy's message id.
 
     It goes to the partition of its key (the partition it came from when it
-    has none), and only to the consumer group it failed in.
+    has none), and only to the consumer group it failed in. Handlers see
+    the original message id (``ctx.message_id``) on the copy too.
     """
     fields = letter.message
     for field in (wire.ATTEMPT, wire.FIRST_ATTEMPT):
         fields.pop(field, None)
+    fields[wire.ORIGIN] = letter.summary()["message_id"].encode()
     group = letter.record.get(b"group")
     if group:
         fields[wire.GROUP] = group
@@ -144,7 +152,7 @@ def replay(app: TaskQ, letter: DeadLetter) -> str:
     pipe.xadd(target.stream, fields)  # type: ignore[arg-type]
     pipe.xdel(source.dead, letter.entry_id)
     new_id, _ = pipe.execute()
-    return wire.text(new_id)
+    return wire.message_id(target.topic, target.partition, new_id)
 
 
 def purge(app: TaskQ, topic: str | None = None, reason: str | None = None) -> int:

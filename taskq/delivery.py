@@ -173,7 +173,10 @@ class Delivery:
         return wire.attempt_of(self.fields, self.deliveries)
 
     def describe(self) -> str:
-        return f"{self.pk.stream} {self.id.decode()}"
+        """For logs: the message id (the one ``send`` returned, which
+        handlers see as ``ctx.message_id``), then where this copy is."""
+        origin = wire.origin_of(self.fields, self.pk.topic, self.pk.partition, self.id)
+        return f"{origin.decode()} ({self.pk.stream} {self.id.decode()})"
 
 
 class Settle(enum.Enum):

@@ -216,26 +216,27 @@ class SendOptions:
         options = cls()
         options.key = key
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
-            raise ValueError(f"wait must be seconds >= 0, not {wait!r}")
+            raise _bad_option("wait", f"wait must be seconds >= 0, not {wait!r}")
         options.wait_s = float(wait)
         if delay is not None and eta is not None:
-            raise ValueError("pass delay or eta, not both")
+            raise _bad_option("eta", "pass delay or eta, not both")
         if delay is not None:
             if (
                 isinstance(delay, bool)
                 or not isinstance(delay, (int, float))
                 or delay < 0
             ):
-                raise ValueError(f"delay must be seconds >= 0, not {delay!r}")
+                raise _bad_option("delay", f"delay must be seconds >= 0, not {delay!r}")
             options.delay_s = float(delay)
         if eta is not None:
             if not isinstance(eta, datetime):
-                raise ValueError(f"eta must be a datetime, not {eta!r}")
+                raise _bad_option("eta", f"eta must be a datetime, not {eta!r}")
             if eta.tzinfo is None or eta.tzinfo.utcoffset(eta) is None:
-                raise ValueError(
+                raise _bad_option(
+                    "eta",
                     "eta must be an aware datetime (with a time zone), for "
                     "example datetime.now(timezone.utc) + timedelta(minutes=5); "
-                    f"got the naive {eta.isoformat()}"
+                    f"got the naive {eta.isoformat()}",
                 )
             options.eta_ms = int(eta.timestamp() * 1000)
         return options
@@ -243,6 +244,14 @@ class SendOptions:
     @property
     def delayed(self) -> bool:
         return self.delay_s is not None or self.eta_ms is not None
+
+
+def _bad_option(name: str, text: str) -> ValidationError:
+    return ValidationError(
+        "send options",
+        [{"loc": (), "msg": text, "type": f"bad_{name}"}],
+        subject="send options",
+    )
 
 
 #: The options of a plain send; shared, as nothing changes options once

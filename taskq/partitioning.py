@@ -13,8 +13,14 @@ Messages without a key are spread round-robin by each producer.
 from __future__ import annotations
 
 import threading
+import uuid
 import zlib
 from typing import Any
+
+from taskq.errors import ValidationError
+
+#: What may be a message key: its text must be the same in every process.
+KEY_TYPES = (str, bytes, int, uuid.UUID)
 
 
 def key_bytes(key: Any) -> bytes:
@@ -23,7 +29,21 @@ def key_bytes(key: Any) -> bytes:
         return key
     if isinstance(key, str):
         return key.encode()
-    return str(key).encode()
+    if isinstance(key, KEY_TYPES) and not isinstance(key, bool):
+        return str(key).encode()
+    raise ValidationError(
+        "key",
+        [
+            {
+                "loc": (),
+                "msg": f"a message key is a str, bytes, int or UUID, not "
+                f"{type(key).__name__} ({key!r}); its text must be the same in "
+                "every process",
+                "type": "key_type",
+            }
+        ],
+        subject="message key",
+    )
 
 
 def partition_for(key: Any, partitions: int) -> int:

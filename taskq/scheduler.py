@@ -105,8 +105,6 @@ class Scheduler:
         self.grace_s = grace_s
         self.poll_s = poll_s
         self.outage = Outage(app.url, log)
-        self._client: redis.Redis | None = None
-        self._scripts: Scripts | None = None
         #: Schedule name -> clock time (s) at which to look at it again.
         self._due: dict[str, float] = {}
         #: Schedule name -> the last tick done, as last seen in Redis.
@@ -118,14 +116,13 @@ class Scheduler:
         return f"<Scheduler {self.id}>"
 
     def _connect(self) -> tuple[redis.Redis, Scripts]:
-        if self._client is None or self._scripts is None:
-            self._client = self.app.new_client()
-            self._scripts = Scripts(self._client)
-        return self._client, self._scripts
+        # The app's client: its pool serves the scheduler thread beside the
+        # app's other users, and closes with the app.
+        return self.app.redis, self.app.scripts
 
     @property
     def client(self) -> redis.Redis:
-        """The scheduler's own Redis client."""
+        """The Redis client the scheduler uses (the app's)."""
         return self._connect()[0]
 
     @property
@@ -374,6 +371,4 @@ class Scheduler:
             now = self.clock.now()
             wake = min(self._due.values(), default=now + self.poll_s)
             self.clock.wait(self._stop, min(self.poll_s, max(0.0, wake - now)))
-        if self._client is not None:
-            self._client.close()
         log.info("Scheduler %s stopped.", self.id)

@@ -56,12 +56,17 @@ def supervise(count: int, argv: list[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     log.info("Started %d worker processes: %s", count, [c.pid for c in children])
     status = 0
+    #: Children whose unexpected exit was dealt with already (restarting
+    #: them was skipped because a stop was asked for meanwhile).
+    settled: set[int] = set()
     while True:
         alive = False
         for n, child in enumerate(children):
             code = child.poll()
             if code is None:
                 alive = True
+                continue
+            if n in settled:
                 continue
             if stopping or code == 0:
                 # A child stopped by the signal we passed on (before it could
@@ -74,6 +79,9 @@ def supervise(count: int, argv: list[str]) -> int:
             )
             if time.monotonic() - started[n] < RESTART_PAUSE_S:
                 time.sleep(RESTART_PAUSE_S)
+                if stopping:  # told to stop during the pause
+                    settled.add(n)
+                    continue
             children[n] = _start(argv)
             started[n] = time.monotonic()
             alive = True

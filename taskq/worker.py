@@ -456,10 +456,12 @@ class Worker:
         self.keeper.stop()
         if interrupted:
             log.warning(
-                "Stopped with %d task(s) still running after the %g s shutdown "
-                "timeout; they were handed back for another attempt.",
+                "Stopped with %d task(s) still running (%s); they were handed "
+                "back for another attempt.",
                 len(interrupted),
-                self.shutdown_timeout_s,
+                "told to stop at once"
+                if self.hard_stop.is_set() and time.monotonic() < deadline
+                else f"after the {self.shutdown_timeout_s:g} s shutdown timeout",
             )
         log.info(
             "Worker %s stopped: waited for %d running task(s), handed back %d "

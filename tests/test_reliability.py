@@ -315,7 +315,7 @@ def test_sigterm_with_a_short_grace_hands_back_running_tasks(
     t_exit = time.time()
     assert w1.returncode == 0
     assert (
-        "2 task(s) still running after the 1 s shutdown timeout" in w1_output.decode()
+        "2 task(s) still running (after the 1 s shutdown timeout)" in w1_output.decode()
     )
 
     wait_for(lambda: len(workers.of("end", "slow")) >= 6, timeout=40)

@@ -69,7 +69,7 @@ def load_app(path: str) -> TaskQ:
             ) from None
     if not isinstance(target, TaskQ):
         raise click.BadParameter(
-            f"{path} is a {type(target).__name__}, not a taskq.TaskQ app",
+            f"{path} is not a taskq.TaskQ app (it is of type {type(target).__name__})",
             param_hint="APP",
         )
     return target

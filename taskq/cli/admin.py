@@ -181,6 +181,19 @@ def topics_list(app: str) -> None:
 def topics_describe(app: str, name: str) -> None:
     """One topic, partition by partition: length, first and last entry."""
     the_app = load_app(app)
+    if name not in known_topics(the_app):
+        declared = the_app.topics.get(name)
+        if declared is not None:
+            click.echo(
+                f"Topic {name!r} is declared in APP"
+                + (
+                    f" with {declared.partitions} partitions"
+                    if declared.partitions
+                    else ""
+                )
+                + " but has not been used yet (nothing is stored for it)."
+            )
+            return
     rows = [
         [
             str(r["partition"]),

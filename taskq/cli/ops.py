@@ -79,7 +79,10 @@ def stats(app: str, topics: tuple[str, ...], as_json: bool) -> None:
     rows: list[list[str]] = []
     for p in result.partitions:
         groups: list[GroupStats | None] = list(p.groups) or [None]
-        for g in groups:
+        for n, g in enumerate(groups):
+            # Delayed messages and dead letters belong to the partition, not
+            # to one group: shown on its first row.
+            first = n == 0
             rows.append(
                 [
                     p.topic,
@@ -89,8 +92,8 @@ def stats(app: str, topics: tuple[str, ...], as_json: bool) -> None:
                     ("?" if g.lag is None else str(g.lag)) if g else "-",
                     str(g.pending) if g else "-",
                     _age(g.oldest_pending_s) if g else "-",
-                    str(p.delayed),
-                    str(p.dead),
+                    str(p.delayed) if first else "",
+                    str(p.dead) if first else "",
                 ]
                 + ([p.node or ""] if any(x.node for x in result.partitions) else [])
             )
@@ -175,6 +178,7 @@ def dlq_list(
             rows.append(
                 [
                     info["id"],
+                    info["message_id"],
                     info["reason"],
                     info["task"] or info["group"],
                     info["key"],
@@ -184,7 +188,10 @@ def dlq_list(
             )
     if not as_json:
         click.echo(
-            table(rows, ["id", "reason", "task/group", "key", "attempts", "error"])
+            table(
+                rows,
+                ["id", "message", "reason", "task/group", "key", "attempts", "error"],
+            )
             if rows
             else "No dead letters."
         )
@@ -228,7 +235,7 @@ def dlq_replay(
             letters.append(letter)
     for letter in letters:
         new_id = deadletters.replay(the_app, letter)
-        click.echo(f"{letter.ref} -> {letter.topic} {new_id}")
+        click.echo(f"{letter.ref} -> {new_id}")
     click.echo(f"Replayed {len(letters)} dead letter(s).")
 
 

@@ -84,7 +84,7 @@ def schedule_list(app: str) -> None:
 @click.option(
     "--tick",
     help="The tick to run, ISO 8601 (a time without offset is in the job's "
-    "time zone) [default: now].",
+    "time zone) [default: now: a digest then closes its open window].",
 )
 def schedule_run(app: str, job: str, tick: str | None) -> None:
     """Run JOB (a periodic job or digest) for a tick now. Runs nothing if

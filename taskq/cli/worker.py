@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from typing import Any
 
 import click
 
 from taskq import defaults
+from taskq.app import TaskQ
 from taskq.cli import LOG_LEVELS, load_app, setup_logging
+from taskq.connection import Outage, is_memory
+from taskq.errors import ConnectionError as TaskqConnectionError
 
 
 class PrefetchType(click.ParamType):  # type: ignore[type-arg]
@@ -134,7 +139,17 @@ def worker(
     from taskq.worker import Worker
 
     the_app = load_app(app)
-    the_app.ping()
+    if is_memory(the_app.url):
+        logging.getLogger("taskq.cli").warning(
+            "%s is an in-process Redis: this worker sees only what this process "
+            "sends. Set TASKQ_URL to a Redis server to share work between "
+            "processes.",
+            the_app.url,
+        )
+    try:
+        _wait_for_redis(the_app)
+    except KeyboardInterrupt:
+        raise click.Abort() from None
     instance = Worker(
         the_app,
         concurrency=concurrency,
@@ -147,6 +162,20 @@ def worker(
         topics=_split(topics),
     )
     sys.exit(instance.run())
+
+
+def _wait_for_redis(app: TaskQ) -> None:
+    """Wait (with backoff) until Redis answers: a worker may well start
+    before its Redis does. SIGTERM or SIGINT gives up."""
+    log = logging.getLogger("taskq.cli")
+    outage = Outage(app.url, log)
+    while True:
+        try:
+            app.ping()
+            outage.recovered()
+            return
+        except TaskqConnectionError as exc:
+            time.sleep(outage.failed(exc))
 
 
 def _child_args(argv: list[str]) -> list[str]:
