@@ -162,6 +162,21 @@ def test_an_exhausted_message_is_set_aside_and_its_key_goes_on(
 # -- ownership and rebalancing -----------------------------------------------------
 
 
+def _state(app: TaskQ, workers: list[Worker]) -> str:
+    """What to look at when a rebalance does not settle."""
+    lines = [f"owners: {_owners(app, 'events', app.task_group)}"]
+    for w in workers:
+        h = w.holdings
+        lines.append(
+            f"{w.id}: unfinished={h.unfinished} parked={h.parked} "
+            f"held={sum(len(e) for e in h.held.values())} "
+            f"reading={sorted(pk.partition for s in w.subscriptions for pk in s.reading)} "
+            f"accepting={sorted(pk.partition for s in w.subscriptions for pk in s.accepting)} "
+            f"tokens={sorted(pk.partition for o in w.ownerships.values() for pk in o.tokens)}"
+        )
+    return "\n".join(lines)
+
+
 def _owners(app: TaskQ, topic: str, group: str) -> dict[int, str | None]:
     result: dict[int, str | None] = {}
     for p in range(app.partitions(topic)):
@@ -216,7 +231,11 @@ def test_partitions_follow_the_members(redis_app: TaskQ, running: Any) -> None:
             wait_for(lambda: settled(workers), timeout=3 * lease)
             assert time.monotonic() - changed <= lease
             feed(400, 200)
-            wait_for(lambda: len(done) >= 600, timeout=20)
+            wait_for(
+                lambda: len(done) >= 600,
+                timeout=20,
+                what=f"600 done; state at start:\n{_state(app, workers)}",
+            )
         # two left gracefully: their partitions came back at once
         wait_for(lambda: settled(workers[:1]), timeout=lease)
         with running(Worker(app, concurrency=4, lease=lease)) as fourth:
