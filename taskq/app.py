@@ -39,6 +39,9 @@ class TopicConfig:
     partitions: int | None
     #: Most entries one partition may hold; ``send`` raises QueueFull past it.
     max_len: int | None
+    #: Entries younger than this (s) are kept even when every group is done
+    #: with them, for replays and group resets.
+    retention_s: float | None = None
 
 
 class TaskQ:
@@ -142,13 +145,22 @@ class TaskQ:
     # -- topics --------------------------------------------------------------------
 
     def topic(
-        self, name: str, partitions: int | None = None, *, max_len: int | None = None
+        self,
+        name: str,
+        partitions: int | None = None,
+        *,
+        max_len: int | None = None,
+        retention: float | None = None,
     ) -> TopicConfig:
-        """Declare a topic: its partition count and an optional length cap.
+        """Declare a topic: its partition count, an optional length cap,
+        and how long handled entries are kept.
 
         The partition count is stored in Redis the first time the topic is
         used; a process that declares another count for it gets
-        :class:`TopicMismatchError`.
+        :class:`TopicMismatchError`. Workers trim each partition up to the
+        oldest entry some group still needs; with ``retention`` (seconds)
+        they also keep everything younger than that, so a group can be
+        reset or replayed over that time (``taskq groups``).
         """
         check_name("topic", name)
         if partitions is not None and (
@@ -157,7 +169,13 @@ class TaskQ:
             raise ConfigurationError(f"topic {name!r}: partitions must be >= 1")
         if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
             raise ConfigurationError(f"topic {name!r}: max_len must be >= 1")
-        config = TopicConfig(name, partitions, max_len)
+        if retention is not None and (
+            isinstance(retention, bool)
+            or not isinstance(retention, (int, float))
+            or retention <= 0
+        ):
+            raise ConfigurationError(f"topic {name!r}: retention must be seconds > 0")
+        config = TopicConfig(name, partitions, max_len, retention)
         self.topics[name] = config
         self._partitions.pop(name, None)
         return config

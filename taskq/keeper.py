@@ -589,7 +589,9 @@ class Keeper:
         )
         pipe = self.client.pipeline(transaction=False)
         for pk in self._partitions:
-            self.scripts.trim(pk, client=pipe)
+            config = self.app.topics.get(pk.topic)
+            retention_s = config.retention_s if config else None
+            self.scripts.trim(pk, int((retention_s or 0) * 1000), client=pipe)
         for sub in self.subs:
             for pk in sub.partitions:
                 self.scripts.forget_consumers(pk, sub.group, idle_ms, client=pipe)

@@ -203,6 +203,19 @@ def replay(
     return [position] * count
 
 
+def oldest_ms(app: TaskQ, topic: str) -> int | None:
+    """When the oldest entry still in the topic was written (ms)."""
+    oldest = None
+    for p in range(_partitions(app, topic)):
+        first = cast(
+            Any, app.redis.xrange(app.keys.partition(topic, p).stream, count=1)
+        )
+        if first:
+            ms = entry_ms(first[0][0])
+            oldest = ms if oldest is None else min(oldest, ms)
+    return oldest
+
+
 def _partitions(app: TaskQ, topic: str) -> int:
     count = known_topics(app).get(topic)
     if count is None:

@@ -264,9 +264,12 @@ class Scripts:
             args.append(packed)
         return self._call(self._requeue, [pk.stream], args, client)
 
-    def trim(self, pk: PartitionKeys, client: Client = None) -> Any:
-        """Remove entries every group is done with; returns how many."""
-        return self._call(self._trim, [pk.stream], [], client)
+    def trim(
+        self, pk: PartitionKeys, retention_ms: int = 0, client: Client = None
+    ) -> Any:
+        """Remove entries every group is done with (and older than
+        ``retention_ms``); returns how many."""
+        return self._call(self._trim, [pk.stream], [int(retention_ms)], client)
 
     def forget_consumers(
         self, pk: PartitionKeys, group: str, idle_ms: int, client: Client = None

@@ -162,6 +162,10 @@ def test_an_exhausted_message_is_set_aside_and_its_key_goes_on(
 # -- ownership and rebalancing -----------------------------------------------------
 
 
+def _parts(pks: Any) -> list[int]:
+    return sorted(pk.partition for pk in pks)
+
+
 def _state(app: TaskQ, workers: list[Worker]) -> str:
     """What to look at when a rebalance does not settle."""
     lines = [f"owners: {_owners(app, 'events', app.task_group)}"]
@@ -170,9 +174,9 @@ def _state(app: TaskQ, workers: list[Worker]) -> str:
         lines.append(
             f"{w.id}: unfinished={h.unfinished} parked={h.parked} "
             f"held={sum(len(e) for e in h.held.values())} "
-            f"reading={sorted(pk.partition for s in w.subscriptions for pk in s.reading)} "
-            f"accepting={sorted(pk.partition for s in w.subscriptions for pk in s.accepting)} "
-            f"tokens={sorted(pk.partition for o in w.ownerships.values() for pk in o.tokens)}"
+            f"reading={_parts(pk for s in w.subscriptions for pk in s.reading)} "
+            f"accepting={_parts(pk for s in w.subscriptions for pk in s.accepting)} "
+            f"tokens={_parts(pk for o in w.ownerships.values() for pk in o.tokens)}"
         )
     return "\n".join(lines)
 

@@ -116,3 +116,20 @@ def test_departed_consumers_are_forgotten(app: TaskQ) -> None:
     assert len(app.redis.xinfo_consumers(pk.stream, app.task_group)) == 3
     assert app.scripts.forget_consumers(pk, app.task_group, idle_ms=0) == 3
     assert app.redis.xinfo_consumers(pk.stream, app.task_group) == []
+
+
+def test_retention_keeps_recent_entries_for_replays(app: TaskQ) -> None:
+    app.topic("kept", partitions=1, retention=3600)
+
+    @app.consumer("kept", group="reader")
+    def read(event: int) -> None: ...
+
+    pk = app.keys.partition("kept", 0)
+    for n in range(5):
+        app.publish("kept", n)
+    Worker(app, burst=True).run(install_signals=False)
+    # Every group is done with them, but they are younger than an hour.
+    assert app.scripts.trim(pk, 3600_000) == 0
+    assert app.scripts.trim(pk, 0) == 5
+    with pytest.raises(taskq.ConfigurationError, match="retention"):
+        app.topic("bad", retention=0)

@@ -79,7 +79,10 @@ def _group_dict(info: offsets.GroupInfo) -> dict[str, object]:
 def groups_reset(
     app: str, group: str, topic: str, to: str, force: bool, yes: bool
 ) -> None:
-    """Move GROUP's position in TOPIC: replay entries or skip them."""
+    """Move GROUP's position in TOPIC: replay entries or skip them.
+
+    Only entries still in the stream can be replayed: handled entries are
+    trimmed unless the topic keeps them (``retention``)."""
     the_app = load_app(app)
     members = offsets.live_members(the_app, topic, group)
     if members and not force:
@@ -125,6 +128,15 @@ def groups_replay(
         click.echo(
             f"Note: APP has no consumer for {topic}/{group} yet; its workers will "
             "start reading once it has one.",
+            err=True,
+        )
+    oldest = offsets.oldest_ms(the_app, topic)
+    if oldest is None or oldest > start_ms:
+        click.echo(
+            f"Note: the oldest entry left in {topic!r} is from "
+            f"{offsets._iso(oldest) if oldest else '(none: the topic is empty)'}; "
+            "handled entries are trimmed unless the topic keeps them "
+            "(app.topic(..., retention=seconds)).",
             err=True,
         )
     offsets.replay(the_app, topic, group, start_ms, end_ms)

@@ -34,8 +34,9 @@ end
 -- Removes the entries of a stream that every consumer group is done with:
 -- delivered to it and acknowledged. Nothing a group still needs (not yet
 -- delivered, or pending) is removed; a stream no group reads is left alone.
--- Returns the number removed.
-local function trim_acknowledged(stream)
+-- With `retention_ms` > 0, entries younger than that (by the server's
+-- clock) are kept too. Returns the number removed.
+local function trim_acknowledged(stream, retention_ms)
   if redis.call('EXISTS', stream) == 0 then
     return 0
   end
@@ -43,7 +44,8 @@ local function trim_acknowledged(stream)
   if #groups == 0 then
     return 0
   end
-  local keep_ms, keep_seq
+  -- The oldest entry to keep, as (ms, seq).
+  local min_ms, min_seq
   for _, flat in ipairs(groups) do
     local group = {}
     for i = 1, #flat, 2 do
@@ -60,12 +62,18 @@ local function trim_acknowledged(stream)
     local dash = string.find(id, '-', 1, true)
     local ms = tonumber(string.sub(id, 1, dash - 1))
     local seq = tonumber(string.sub(id, dash + 1)) + bump
-    if keep_ms == nil or ms < keep_ms or (ms == keep_ms and seq < keep_seq) then
-      keep_ms, keep_seq = ms, seq
+    if min_ms == nil or ms < min_ms or (ms == min_ms and seq < min_seq) then
+      min_ms, min_seq = ms, seq
     end
   end
-  return redis.call('XTRIM', stream, 'MINID',
-    string.format('%.0f-%.0f', keep_ms, keep_seq))
+  if tonumber(retention_ms) > 0 then
+    local now = redis.call('TIME')
+    local horizon = tonumber(now[1]) * 1000 - tonumber(retention_ms)
+    if horizon < min_ms then
+      min_ms, min_seq = horizon, 0
+    end
+  end
+  return redis.call('XTRIM', stream, 'MINID', string.format('%.0f-%.0f', min_ms, min_seq))
 end
 
 -- True when the entry is pending for `consumer`. Settling steps check this
