@@ -18,7 +18,9 @@ PY = sys.executable
 
 #: The settings a "tuned" taskq worker runs with (see README, Performance);
 #: BENCH_TASKQ_TUNED overrides them, to try others.
-TASKQ_TUNED = os.environ.get("BENCH_TASKQ_TUNED", "--concurrency 16").split()
+TASKQ_TUNED = os.environ.get(
+    "BENCH_TASKQ_TUNED", "--concurrency 16 --prefetch auto"
+).split()
 
 
 @dataclass(frozen=True)
