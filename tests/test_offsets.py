@@ -31,6 +31,22 @@ def cli(*args: str, input: str | None = None) -> Any:
     return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
 
 
+def reset(group: str, to: str, *options: str) -> Any:
+    """``taskq groups reset`` of topic "events"."""
+    return cli(
+        "groups",
+        "reset",
+        APP,
+        "--group",
+        group,
+        "--topic",
+        "events",
+        "--to",
+        to,
+        *options,
+    )
+
+
 def _publish_in_two_batches(app: Any) -> str:
     for n in range(1, 6):
         app.publish("events", n, key=n)
@@ -49,49 +65,16 @@ def test_reset_to_a_time_delivers_exactly_what_came_after(events: Any) -> None:
     assert sorted(events.SEEN) == list(range(1, 11))
     events.SEEN.clear()
 
-    result = cli(
-        "groups",
-        "reset",
-        APP,
-        "--group",
-        "audit",
-        "--topic",
-        "events",
-        "--to",
-        middle,
-        "--yes",
-    )
+    result = reset("audit", middle, "--yes")
     assert result.exit_code == 0, result.output
     assert "5 entries will be delivered again, 0 skipped." in result.output
     Worker(app, burst=True, groups=["audit"]).run(install_signals=False)
     assert sorted(events.SEEN) == [6, 7, 8, 9, 10]
 
     events.SEEN.clear()
-    result = cli(
-        "groups",
-        "reset",
-        APP,
-        "--group",
-        "audit",
-        "--topic",
-        "events",
-        "--to",
-        "earliest",
-        "--yes",
-    )
+    result = reset("audit", "earliest", "--yes")
     assert "10 entries will be delivered again" in result.output
-    result = cli(
-        "groups",
-        "reset",
-        APP,
-        "--group",
-        "audit",
-        "--topic",
-        "events",
-        "--to",
-        "latest",
-        "--yes",
-    )
+    result = reset("audit", "latest", "--yes")
     assert "0 entries will be delivered again, 10 skipped." in result.output
     Worker(app, burst=True, groups=["audit"]).run(install_signals=False)
     assert events.SEEN == []
@@ -102,74 +85,21 @@ def test_reset_refuses_while_members_run(events: Any, running: Any) -> None:
     app.publish("events", 1)
     with running(Worker(app, groups=["audit"])) as worker:
         worker.keeper._heartbeat()
-        refused = cli(
-            "groups",
-            "reset",
-            APP,
-            "--group",
-            "audit",
-            "--topic",
-            "events",
-            "--to",
-            "earliest",
-            "--yes",
-        )
+        refused = reset("audit", "earliest", "--yes")
         assert refused.exit_code == 1
         assert "live members" in refused.output and worker.id in refused.output
-        forced = cli(
-            "groups",
-            "reset",
-            APP,
-            "--group",
-            "audit",
-            "--topic",
-            "events",
-            "--to",
-            "earliest",
-            "--yes",
-            "--force",
-        )
+        forced = reset("audit", "earliest", "--yes", "--force")
         assert forced.exit_code == 0, forced.output
 
 
 def test_bad_positions_are_clear_errors(events: Any) -> None:
     events.app.publish("events", 1)
     Worker(events.app, burst=True, groups=["audit"]).run(install_signals=False)
-    naive = cli(
-        "groups",
-        "reset",
-        APP,
-        "--group",
-        "audit",
-        "--topic",
-        "events",
-        "--to",
-        "2026-01-01T00:00:00",
-    )
+    naive = reset("audit", "2026-01-01T00:00:00")
     assert naive.exit_code == 1 and "no time zone" in naive.output
-    nonsense = cli(
-        "groups",
-        "reset",
-        APP,
-        "--group",
-        "audit",
-        "--topic",
-        "events",
-        "--to",
-        "yesterday",
-    )
+    nonsense = reset("audit", "yesterday")
     assert nonsense.exit_code == 1 and "not earliest, latest" in nonsense.output
-    unknown = cli(
-        "groups",
-        "reset",
-        APP,
-        "--group",
-        "nobody",
-        "--topic",
-        "events",
-        "--to",
-        "earliest",
-    )
+    unknown = reset("nobody", "earliest")
     assert unknown.exit_code == 1 and "does not read" in unknown.output
 
 
