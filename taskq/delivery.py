@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import threading
 from typing import Any
 
@@ -42,12 +43,20 @@ class Subscription:
         #: The partitions this worker reads: all of them, or for an ordered
         #: subscription only those it owns.
         self.reading: set[PartitionKeys] = set()
-        #: Ordered subscriptions: the partitions whose entries this worker
-        #: may hold (owned, and not being given up). A read in flight when a
-        #: partition is given up may still return entries of it; they must
-        #: not run ahead of the older ones the next owner takes over.
+        #: Ordered subscriptions: the owned partitions that are not being
+        #: handed over (a hand-over waits for the partition's running
+        #: handlers, and is called off if the member it was for leaves).
         self.accepting: set[PartitionKeys] = set()
-        self._read_args: list[Any] | None = None
+        #: Ordered subscriptions: partitions not read for now because too
+        #: many of their deliveries wait for an earlier one of their key.
+        self.full: set[PartitionKeys] = set()
+        self._read_args: list[Any] = []
+        #: Bumped (atomically, by next()) whenever the partitions to read
+        #: change; the reader rebuilds its arguments when it moved. Other
+        #: threads change them while the reader reads.
+        self._versions = itertools.count(1)
+        self._version = 0
+        self._args_version = -1
         #: Set when the partitions to read change (ownership moved).
         self.changed = threading.Event()
         #: Entries written at or after this time (ms) are not for this group
@@ -65,19 +74,23 @@ class Subscription:
         self.partitions = partitions
         self.by_stream = {pk.stream.encode(): pk for pk in partitions}
         self.reading = set() if self.ordered else set(partitions)
-        self._read_args = None
+        self._version = next(self._versions)
 
     def start_reading(self, pk: PartitionKeys) -> None:
         self.reading.add(pk)
-        self._read_args = None
+        self._version = next(self._versions)
 
     def stop_reading(self, pk: PartitionKeys) -> None:
         self.reading.discard(pk)
-        self._read_args = None
+        self._version = next(self._versions)
 
     def skip(self, pk: PartitionKeys, until: float) -> None:
         self.skipped[pk] = until
-        self._read_args = None
+        self._version = next(self._versions)
+
+    def reset_read_args(self) -> None:
+        """The partitions to read changed (``full`` or ``reading``)."""
+        self._version = next(self._versions)
 
     def read_args(self, now: float, among: frozenset[str] | None = None) -> list[Any]:
         """``STREAMS s1 s2 ... > > ...`` for the partitions to read now;
@@ -85,14 +98,16 @@ class Subscription:
         reader reads the streams of one slot)."""
         if self.skipped and min(self.skipped.values()) <= now:
             self.skipped = {pk: t for pk, t in self.skipped.items() if t > now}
-            self._read_args = None
-        if self._read_args is None:
+            self._version = next(self._versions)
+        version = self._version
+        if version != self._args_version:
             streams = [
                 pk.stream
                 for pk in self.partitions
-                if pk in self.reading and pk not in self.skipped
+                if pk in self.reading and pk not in self.skipped and pk not in self.full
             ]
             self._read_args = ["STREAMS", *streams, *([">"] * len(streams))]
+            self._args_version = version
         if among is None:
             return self._read_args
         count = (len(self._read_args) - 1) // 2
@@ -128,9 +143,10 @@ class Rejection:
         self.text = text
 
 
-#: Delivery states: not started (queued, waiting for its key or for a
-#: retry), running, finished (its outcome waits to be settled).
-WAITING, RUNNING, FINISHED = 0, 1, 2
+#: Delivery states: not started (queued, or waiting for its key), running,
+#: finished (its outcome waits to be settled), and ran but waiting out a
+#: retry delay in place (ordered handlers).
+WAITING, RUNNING, FINISHED, RETRYING = 0, 1, 2, 3
 
 
 class Delivery:

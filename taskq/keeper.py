@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from taskq.connection import CONNECTION_ERRORS
-from taskq.delivery import Delivery, Subscription
+from taskq.delivery import WAITING, Delivery, Subscription
+from taskq.holdings import STALE_FRACTION
 from taskq.keys import PartitionKeys
 from taskq.scripts import Scripts, chunks
 
@@ -120,6 +121,7 @@ class Keeper:
             sub.until_ms = int(until) if until else None
         leases = [sub.lease_s for sub in self.subs] or [self.worker.lease_s]
         self.renew_every_s = min(leases) / 3
+        self.worker.holdings.stale_after_s = min(leases) * STALE_FRACTION
         self.reclaim_every_s = min(RECLAIM_MAX_S, max(RECLAIM_MIN_S, min(leases) / 3))
         self.watch_time_limits = any(sub.has_timeouts for sub in self.subs)
         self.own_every_s = min(leases) / 4
@@ -160,7 +162,7 @@ class Keeper:
             elif isinstance(result, redis.ResponseError) and "BUSYGROUP" not in str(
                 result
             ):
-                self._warn_once(
+                self.warn_once(
                     "group",
                     pk.stream,
                     "Cannot create group %r on %s: %s",
@@ -213,7 +215,7 @@ class Keeper:
                 for sub in self.subs:
                     self.ensure_groups(self.client, sub)
             else:
-                self._warn_once(
+                self.warn_once(
                     "job", name, "Housekeeping step %r failed: %s", name, exc
                 )
         except Exception:
@@ -248,8 +250,11 @@ class Keeper:
     # -- leases ------------------------------------------------------------------------
 
     def _renew(self) -> None:
-        snapshot = self.worker.holdings.snapshot()
+        holdings = self.worker.holdings
+        at = time.monotonic()
+        snapshot = holdings.snapshot()
         if not snapshot:
+            holdings.confirmed(at)
             return
         pipe = self.client.pipeline(transaction=False)
         calls: list[dict[bytes, Delivery]] = []
@@ -258,25 +263,37 @@ class Keeper:
             for part in chunks(ids):
                 self.scripts.renew(pk, group, self.worker.id, part, client=pipe)
                 calls.append(entries)
-        for entries, lost in zip(
+        failed = False
+        for entries, result in zip(
             calls, self.scripts.execute(pipe, raise_on_error=False), strict=True
         ):
-            if isinstance(lost, CONNECTION_ERRORS):
-                raise lost
-            if isinstance(lost, Exception):
-                self._warn_once("renew", "", "Could not renew leases: %s", lost)
+            if isinstance(result, CONNECTION_ERRORS):
+                raise result
+            if isinstance(result, Exception):
+                self.warn_once("renew", "", "Could not renew leases: %s", result)
+                failed = True
                 continue
-            for entry_id in lost:
-                delivery = entries.get(entry_id)
-                if delivery is not None and not delivery.lost:
-                    delivery.lost = True
-                    log.warning(
-                        "Lost %s: another worker took it over after this one "
-                        "went silent for longer than the lease; it will not be "
-                        "acknowledged here.",
-                        delivery.describe(),
-                    )
-                    self.worker.holdings.release([delivery])
+            lost, gone = result
+            dropped = [entries[i] for i in lost if i in entries]
+            # Nobody holds these any more: settled by the worker that took
+            # them over while this one stalled. Those started here finish
+            # (their acknowledgement finds out); the others must not run.
+            dropped += [
+                entries[i] for i in gone if i in entries and entries[i].state == WAITING
+            ]
+            for delivery in dropped:
+                if delivery.lost:
+                    continue
+                delivery.lost = True
+                log.warning(
+                    "Lost %s: another worker took it over after this one went "
+                    "silent for longer than the lease; it will not run or be "
+                    "acknowledged here.",
+                    delivery.describe(),
+                )
+            holdings.release(dropped)
+        if not failed:
+            holdings.confirmed(at)
 
     def _reclaim(self) -> None:
         for sub in self.subs:
@@ -330,7 +347,7 @@ class Keeper:
                     delivery.previous_ms = now_ms - int(idle_ms)
                     batch.append(delivery)
                 if deleted:
-                    self._warn_once(
+                    self.warn_once(
                         "deleted",
                         pk.stream,
                         "%d pending entr%s of %s (group %r) no longer exist (deleted "
@@ -361,7 +378,7 @@ class Keeper:
         elif "WRONGTYPE" in text:
             self.broken_key(sub, pk)
         else:
-            self._warn_once(
+            self.warn_once(
                 "reclaim", pk.stream, "Reclaim on %s failed: %s", pk.stream, error
             )
 
@@ -388,12 +405,12 @@ class Keeper:
                 if kind not in (b"stream", b"none", "stream", "none"):
                     self.broken_key(sub, pk)
             return
-        self._warn_once("read", sub.topic, "Reading %s failed: %s", sub.topic, error)
+        self.warn_once("read", sub.topic, "Reading %s failed: %s", sub.topic, error)
         time.sleep(1.0)
 
     def group_lost(self, sub: Subscription, streams: list[str]) -> None:
         for stream in streams:
-            self._warn_once(
+            self.warn_once(
                 "nogroup",
                 f"{stream}/{sub.group}",
                 "Consumer group %r of %s was gone (the stream was deleted, "
@@ -406,7 +423,7 @@ class Keeper:
 
     def broken_key(self, sub: Subscription, pk: PartitionKeys) -> None:
         sub.skip(pk, time.monotonic() + BROKEN_KEY_RETRY_S)
-        self._warn_once(
+        self.warn_once(
             "wrongtype",
             pk.stream,
             "%s is not a stream (wrong key type); skipping partition %d of %r "
@@ -419,7 +436,7 @@ class Keeper:
         )
 
     def ack_missed(self, stream: str, group: str, expected: int, result: Any) -> None:
-        self._warn_once(
+        self.warn_once(
             "ack",
             stream,
             "Acknowledged %s of %d entries of %s in group %r: the group was "
@@ -430,7 +447,7 @@ class Keeper:
             group,
         )
 
-    def _warn_once(
+    def warn_once(
         self,
         kind: str,
         subject: str,
@@ -498,9 +515,7 @@ class Keeper:
             if isinstance(exc, CONNECTION_ERRORS):
                 self.worker.outage.failed(exc)
             else:
-                self._warn_once(
-                    "delayed", "", "Moving delayed messages failed: %s", exc
-                )
+                self.warn_once("delayed", "", "Moving delayed messages failed: %s", exc)
             return
         now = time.monotonic()
         with self._lock:
@@ -532,13 +547,47 @@ class Keeper:
         self._wake.set()
 
     def _run_due(self) -> None:
+        """Queue the ordered deliveries whose retry delay is over, counting
+        their next attempt (fenced) just before: a worker that dies while
+        one waits has not used that attempt."""
         now = time.monotonic()
-        due: list[Delivery] = []
+        due: list[tuple[Delivery, str]] = []
         with self._lock:
             while self._reruns and self._reruns[0][0] <= now:
-                due.append(heapq.heappop(self._reruns)[2])
-        for delivery in due:
-            self.worker.holdings.rerun(delivery)
+                delivery = heapq.heappop(self._reruns)[2]
+                owner = self.worker.owner_value(delivery)
+                if delivery.lost or owner is None:
+                    self.worker.holdings.rerun(delivery, counted=False)
+                else:
+                    due.append((delivery, owner))
+        if not due:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for delivery, owner in due:
+            self.scripts.recount(
+                delivery.pk,
+                delivery.sub.group,
+                self.worker.id,
+                owner,
+                [(delivery.id, delivery.deliveries + 1)],
+                client=pipe,
+            )
+        try:
+            results = self.scripts.execute(pipe, raise_on_error=False)
+        except CONNECTION_ERRORS as exc:
+            results = [exc] * len(due)
+        for (delivery, _), result in zip(due, results, strict=True):
+            if isinstance(result, CONNECTION_ERRORS):
+                # Redis is away: try again in a moment.
+                self.run_later(delivery, int(self.worker.outage.failed(result) * 1000))
+                continue
+            if result == -1:
+                self.worker.fence_failed(delivery)
+            elif isinstance(result, Exception):
+                self.warn_once(
+                    "recount", delivery.pk.stream, "Counting a retry failed: %s", result
+                )
+            self.worker.holdings.rerun(delivery, counted=result == 1)
 
     # -- the rest ---------------------------------------------------------------
 

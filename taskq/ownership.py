@@ -43,6 +43,11 @@ log = logging.getLogger("taskq.ownership")
 
 #: Entries taken over per call when a partition changes hands.
 TAKEOVER_BATCH = 500
+#: Entries taken per pass from members that read an owned partition after
+#: losing it.
+ADOPT_BATCH = 100
+#: Stands for the owner of a partition whose owner key is unreadable.
+BROKEN = "\0broken"
 
 
 def assign(
@@ -111,27 +116,78 @@ class Ownership:
         """Heartbeat, renew what is owned, then move toward the assignment."""
         now_ms = int(time.time() * 1000)
         owned = list(self.tokens.items())
+        group = self.sub.group
         pipe = client.pipeline(transaction=False)
         pipe.zadd(self.members_key, {self.member: now_ms})
         pipe.pexpire(self.members_key, self.lease_ms * 3)
         pipe.zremrangebyscore(self.members_key, "-inf", now_ms - self.lease_ms * 3)
         pipe.zrangebyscore(self.members_key, now_ms - self.lease_ms, "+inf")
         for pk, token in owned:
-            scripts.own(
-                pk, self.sub.group, self.member, self.lease_ms, token, client=pipe
+            scripts.own(pk, group, self.member, self.lease_ms, token, client=pipe)
+        for pk, token in owned:
+            scripts.adopt(
+                pk,
+                group,
+                self.member,
+                f"{self.member}|{token}",
+                ADOPT_BATCH,
+                client=pipe,
             )
         for pk in self.sub.partitions:
-            pipe.get(pk.owner(self.sub.group))
-        results = scripts.execute(pipe)
-        members = [m.decode() for m in results[3]]
+            pipe.get(pk.owner(group))
+        results = scripts.execute(pipe, raise_on_error=False)
+        for result in results:
+            if isinstance(result, CONNECTION_ERRORS):
+                raise result
+        members = self._members(results[3])
         renewed = results[4 : 4 + len(owned)]
-        values = results[4 + len(owned) :]
-        for (pk, _), token in zip(owned, renewed, strict=True):
-            if token is None:
+        adopted = results[4 + len(owned) : 4 + 2 * len(owned)]
+        values = results[4 + 2 * len(owned) :]
+        for (pk, _), token, taken in zip(owned, renewed, adopted, strict=True):
+            if isinstance(token, Exception):
+                self._broken(pk.owner(group), token)
+            elif token is None:
                 self.lost(pk, "its lease ran out")
+            elif isinstance(taken, Exception):
+                self._broken(pk.stream, taken)
+            elif isinstance(taken, list) and taken:
+                self._adopt(pk, taken)
         owners: dict[int, str | None] = {}
         for pk, value in zip(self.sub.partitions, values, strict=True):
-            owners[pk.partition] = value.decode().rsplit("|", 1)[0] if value else None
+            if isinstance(value, Exception):
+                self._broken(pk.owner(group), value)
+                owners[pk.partition] = BROKEN  # nobody takes it
+            else:
+                owners[pk.partition] = (
+                    value.decode().rsplit("|", 1)[0] if value else None
+                )
+        mine = set(
+            assign([pk.partition for pk in self.sub.partitions], members, owners)[
+                self.member
+            ]
+        )
+        for pk in list(self.tokens):
+            if pk.partition not in mine:
+                self.give_up(client, scripts, pk)
+            elif pk not in self.sub.accepting:
+                self._resume(pk)
+        for pk in self.sub.partitions:
+            if (
+                pk.partition in mine
+                and pk not in self.tokens
+                and owners[pk.partition] is None
+            ):
+                self.take(client, scripts, pk)
+
+    def _members(self, result: Any) -> list[str]:
+        """The live members (always including this one)."""
+        if isinstance(result, Exception):
+            # Without the member set every worker works alone: each takes
+            # what is free, which the leases keep exclusive.
+            self._broken(self.members_key, result)
+            members = []
+        else:
+            members = [m.decode() for m in result]
         if self.member not in members:
             members.append(self.member)
         if sorted(members) != self.last_members:
@@ -142,21 +198,20 @@ class Ownership:
                 self.sub.group,
                 ", ".join(self.last_members),
             )
-        mine = set(
-            assign([pk.partition for pk in self.sub.partitions], members, owners)[
-                self.member
-            ]
+        return members
+
+    def _broken(self, key: str, error: Exception) -> None:
+        self.worker.keeper.warn_once(
+            "ownership",
+            key,
+            "Partition ownership of %s/%s cannot use %s (%s); the partitions "
+            "that need it wait until it is repaired.",
+            self.sub.topic,
+            self.sub.group,
+            key,
+            error,
+            level=logging.ERROR,
         )
-        for pk in list(self.tokens):
-            if pk.partition not in mine:
-                self.give_up(client, scripts, pk)
-        for pk in self.sub.partitions:
-            if (
-                pk.partition in mine
-                and pk not in self.tokens
-                and owners[pk.partition] is None
-            ):
-                self.take(client, scripts, pk)
 
     # -- taking and giving up --------------------------------------------------------
 
@@ -246,9 +301,10 @@ class Ownership:
         owner = self.owner_value(pk)
         if owner is None:
             return True
-        self.sub.accepting.discard(pk)
-        self.sub.stop_reading(pk)
-        self.worker.reading_changed(self.sub)
+        if pk in self.sub.accepting:
+            self.sub.accepting.discard(pk)
+            self.sub.stop_reading(pk)
+            self.worker.reading_changed(self.sub)
         counts = self.worker.holdings.hand_over(self.sub, pk, force=force)
         if counts is None:
             return False  # handlers of it still run; try again next pass
@@ -271,6 +327,40 @@ class Ownership:
             else "",
         )
         return True
+
+    def _resume(self, pk: PartitionKeys) -> None:
+        """The hand-over of ``pk`` was called off (the member it was to go
+        to left while handlers of it still ran): go on with it."""
+        self.sub.accepting.add(pk)
+        self.sub.start_reading(pk)
+        self.worker.holdings.resume(self.sub, pk)
+        log.info(
+            "Keeping partition %d of %s/%s: the member it was to go to left.",
+            pk.partition,
+            self.sub.topic,
+            self.sub.group,
+        )
+        self.worker.reading_changed(self.sub)
+
+    def _adopt(self, pk: PartitionKeys, taken: list[Any]) -> None:
+        """Hold entries of an owned partition taken from a member that read
+        them after it lost the partition (it had stalled)."""
+        batch = []
+        for entry_id, flat, deliveries in taken:
+            it = iter(flat)
+            fields = dict(zip(it, it, strict=False))
+            batch.append(Delivery(self.sub, pk, entry_id, fields, int(deliveries)))
+        log.warning(
+            "Took over %d entr%s of partition %d of %s/%s that a stalled member "
+            "read after losing the partition; they may run after later "
+            "messages of their keys.",
+            len(batch),
+            "y" if len(batch) == 1 else "ies",
+            pk.partition,
+            self.sub.topic,
+            self.sub.group,
+        )
+        self.worker.holdings.hold(batch)
 
     def lost(self, pk: PartitionKeys, why: str) -> None:
         """The lease is gone: drop the partition without touching Redis."""

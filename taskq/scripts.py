@@ -101,6 +101,7 @@ class Scripts:
         self._disown = load("disown")
         self._ack_fenced = load("ack_fenced")
         self._recount = load("recount")
+        self._adopt = load("adopt")
         self._schedule_lock = load("schedule_lock")
         self._schedule_commit = load("schedule_commit")
         self._fire_tick = load("fire_tick")
@@ -118,6 +119,7 @@ class Scripts:
             self._disown,
             self._ack_fenced,
             self._recount,
+            self._adopt,
             self._retry,
             self._dead_letter,
             self._schedule,
@@ -243,7 +245,8 @@ class Scripts:
         ids: Sequence[bytes],
         client: Client = None,
     ) -> Any:
-        """Reset the idle time of held entries; returns the ids lost."""
+        """Reset the idle time of held entries; returns ``[lost, gone]``,
+        the ids another consumer holds now and those nobody holds."""
         return self._call(self._renew, [pk.stream], [group, consumer, *ids], client)
 
     def requeue(
@@ -381,6 +384,25 @@ class Scripts:
             args.append(entry_id)
             args.append(count)
         return self._call(self._recount, [pk.stream, pk.owner(group)], args, client)
+
+    def adopt(
+        self,
+        pk: PartitionKeys,
+        group: str,
+        consumer: str,
+        owner: str,
+        limit: int,
+        client: Client = None,
+    ) -> Any:
+        """Take over entries of an owned partition that other consumers
+        hold: ``[[id, fields, deliveries], ...]``, or -1 when the lease is
+        not the caller's."""
+        return self._call(
+            self._adopt,
+            [pk.stream, pk.owner(group)],
+            [group, consumer, owner, limit],
+            client,
+        )
 
     # -- schedules ---------------------------------------------------------
 

@@ -9,8 +9,9 @@ outcome                in Redis
 ACK                    XACK (grouped per partition)
 RETRY                  ``retry.lua``: into the delayed set, and XACK
 DEAD                   ``dead_letter.lua``: into the dead-letter stream, XACK
-RETRY_IN_PLACE         ``recount.lua``: the entry stays pending and counts
-                       its next attempt; the worker runs it again
+RETRY_IN_PLACE         ``recount.lua`` (fenced, count unchanged): the entry
+                       stays pending; after the delay the keeper counts the
+                       next attempt and the worker runs it again
 =====================  ======================================================
 
 For owned partitions (ordered handlers) every step names the owner's
@@ -125,7 +126,7 @@ class Settler:
                     group,
                     worker.id,
                     owner,
-                    [(delivery.id, delivery.deliveries + 1)],
+                    [(delivery.id, delivery.deliveries)],
                     client=pipe,
                 )
             else:

@@ -37,7 +37,7 @@ import redis
 from taskq import defaults
 from taskq import message as wire
 from taskq.connection import CONNECTION_ERRORS, Outage, is_memory
-from taskq.delivery import FINISHED, RUNNING, WAITING, Delivery, Subscription
+from taskq.delivery import FINISHED, RUNNING, Delivery, Subscription
 from taskq.holdings import Holdings
 from taskq.keeper import Keeper
 from taskq.keys import PartitionKeys
@@ -111,7 +111,9 @@ class Worker:
         self.ownerships: dict[Subscription, Ownership] = {
             sub: Ownership(self, sub) for sub in self.subscriptions if sub.ordered
         }
-        self.holdings = Holdings(concurrency, prefetch, self.ownerships)
+        self.holdings = Holdings(
+            concurrency, prefetch, self.ownerships, self.reading_changed
+        )
         #: handler thread id -> the delivery it is running.
         self._running: dict[int, Delivery] = {}
         self._readers: dict[tuple[Subscription, int], Reader] = {}
@@ -373,29 +375,28 @@ class Worker:
         run = self.runner.run
         put = self.settler.put
         running = self._running
-        lock = holdings.lock
         timed = holdings.auto_prefetch
         perf_counter = time.perf_counter
+        monotonic = time.monotonic
+        may_start = holdings.may_start
+        renewed_by = holdings.stale_after_s
         started = 0.0
         while True:
             delivery = get()
             if delivery is None:
                 self.runner.close_thread()
                 return
-            if delivery.sub.ordered:
-                # Under the lock: a partition being handed over must know
-                # for sure whether this delivery started.
-                with lock:
-                    skip = delivery.lost or self._draining
-                    if not skip:
-                        delivery.state = RUNNING
-            else:
-                skip = delivery.lost or self._draining
-                delivery.state = RUNNING
-            if skip:
-                delivery.state = WAITING
+            if delivery.sub.ordered or monotonic() - holdings.renewed_at >= renewed_by:
+                # Under the lock: a partition being handed over must know for
+                # sure whether this delivery started; and after a stall (or an
+                # outage) nothing starts before its lease is confirmed.
+                if not may_start(delivery, self._draining):
+                    continue
+            elif delivery.lost or self._draining:
                 finished()
                 continue
+            else:
+                delivery.state = RUNNING
             running[ident] = delivery
             if timed:
                 started = perf_counter()

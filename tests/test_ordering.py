@@ -279,3 +279,84 @@ def test_ordered_option_is_validated(app: TaskQ) -> None:
 
         @app.task(ordered=True, lease=-1)
         def bad() -> None: ...
+
+
+def test_a_hand_over_called_off_resumes_the_partition(
+    redis_app: TaskQ, running: Any
+) -> None:
+    """A worker asked to give up a partition while one of its handlers runs
+    must take it up again when the newcomer leaves before that finishes."""
+    app = redis_app
+    app.topic("flap", partitions=2)
+    done: list[tuple[str, int]] = []
+    release = threading.Event()
+
+    @app.task(topic="flap", key="key", ordered=True, lease=1.5)
+    def step(key: str, n: int) -> None:
+        if n == 0:
+            release.wait(10)
+        done.append((key, n))
+
+    keys = [k for k in "abcdefgh" if partition_for(k, 2) == 0][:1] + [
+        k for k in "abcdefgh" if partition_for(k, 2) == 1
+    ][:1]
+    first = Worker(app, concurrency=4, lease=1.5)
+    with running(first):
+        for key in keys:
+            step.send(key, 0)
+        wait_for(lambda: all(_owners(app, "flap", app.task_group).values()), timeout=5)
+        second = Worker(app, concurrency=4, lease=1.5)
+        with running(second):
+            # The newcomer's share is refused while the long handler runs.
+            time.sleep(1.5)
+            assert set(_owners(app, "flap", app.task_group).values()) == {first.id}
+        # The newcomer left: the first worker keeps (or gets back) both.
+        for key in keys:
+            for n in range(1, 4):
+                step.send(key, n)
+        release.set()
+        wait_for(lambda: len(done) == 8, timeout=15)
+    for key in keys:
+        assert [n for k, n in done if k == key] == [0, 1, 2, 3]
+    assert pending(app, "flap") == 0
+
+
+def test_one_retrying_key_does_not_stop_the_others(
+    app: TaskQ, running: Any, monkeypatch: Any
+) -> None:
+    """A key waiting out a long retry holds up only its own partition once
+    too many of its messages wait; other partitions and topics go on."""
+    import taskq.holdings
+
+    monkeypatch.setattr(taskq.holdings, "PARK_LIMIT", 20)
+    app.topic("hot", partitions=2)
+    app.topic("free", partitions=1)
+    hot = "a"
+    cool = next(k for k in "bcdefgh" if partition_for(k, 2) != partition_for(hot, 2))
+    ran: list[str] = []
+
+    @app.task(topic="hot", key="key", ordered=True, retries=1, backoff=30)
+    def work(key: str, n: int, ctx: Context) -> None:
+        if key == hot and n == 0 and ctx.attempt == 1:
+            raise RuntimeError("try again in 30 s")
+        ran.append(f"{key}{n}")
+
+    @app.task(topic="free")
+    def other(n: int) -> None:
+        ran.append(f"free{n}")
+
+    work.send(hot, 0)
+    work.send_many([{"key": hot, "n": n} for n in range(1, 60)])
+    with running(Worker(app, concurrency=4)):
+        wait_for(lambda: not ran or True, timeout=1)
+        time.sleep(1.0)  # the hot key's backlog fills its partition's share
+        work.send_many([{"key": cool, "n": n} for n in range(5)])
+        other.send_many([(n,) for n in range(5)])
+        wait_for(
+            lambda: (
+                {f"{cool}{n}" for n in range(5)} | {f"free{n}" for n in range(5)}
+                <= set(ran)
+            ),
+            timeout=10,
+        )
+    assert not any(r.startswith(hot) for r in ran)

@@ -202,3 +202,20 @@ def test_a_dead_owner_charges_only_the_message_it_was_running(
     later = [e for e in _log(ordered) if e["pid"] != w1.pid]
     assert [e["seq"] for e in later] == [4, 5, 6, 7, 8]
     assert all(e["attempt"] == 1 for e in later)
+
+
+def test_a_worker_killed_during_a_retry_delay_costs_no_attempt(
+    ordered: Any, procs: Procs
+) -> None:
+    """The next attempt of an ordered message is counted when it starts:
+    a worker that dies while it waits out the retry delay used nothing."""
+    ordered.retrying.send("r", 1)
+    w1 = procs.start("-c", "1")
+    wait_for(lambda: [e for e in _log(ordered) if e["event"] == "start"], timeout=20)
+    time.sleep(0.5)  # the first attempt failed; its retry waits 3 s
+    w1.kill()
+    procs.start("-c", "1")
+    wait_for(lambda: [e for e in _log(ordered) if e["event"] == "end"], timeout=30)
+    starts = [e for e in _log(ordered) if e["event"] == "start"]
+    assert [e["attempt"] for e in starts] == [1, 2]
+    assert dead_letters(ordered.app, "orders") == []

@@ -192,6 +192,30 @@ def test_a_killed_recoverer_does_not_stop_recovery(rel: Any, workers: Workers) -
             assert app.redis.ttl(key) > 0, f"{key.decode()} has no expiry"
 
 
+def test_a_stalled_worker_does_not_run_what_was_taken_from_it(
+    rel: Any, workers: Workers
+) -> None:
+    """A worker stopped (SIGSTOP) for longer than the lease, with entries
+    read ahead, finds them done by another worker when it comes back: it
+    runs none of them again."""
+    for n in range(1, 7):
+        rel.slow.send(f"k{n}", n, 0.5)
+    w1 = workers.start("--lease", "2", "-c", "1", "--prefetch", "10")
+    first = wait_for(lambda: workers.of("start", "slow"), timeout=20)[0]
+    os.kill(w1.pid, signal.SIGSTOP)
+    workers.start("--lease", "2", "-c", "2")
+    wait_for(
+        lambda: {e["n"] for e in workers.of("end", "slow")} == set(range(1, 7)),
+        timeout=30,
+    )
+    os.kill(w1.pid, signal.SIGCONT)
+    time.sleep(3.0)  # several lease renewals of the resumed worker
+    assert [e["n"] for e in workers.of("start", "slow") if e["pid"] == w1.pid] == [
+        first["n"]
+    ]
+    wait_for(lambda: total_pending(rel.app, "jobs") == 0, timeout=10)
+
+
 # -- case 03: a poison message is dead-lettered after max attempts ----------
 
 

@@ -6,7 +6,7 @@ from taskq import TaskQ
 from taskq.scripts import Scripts
 
 
-def test_renew_reports_only_entries_taken_by_another_member(app: TaskQ) -> None:
+def test_renew_tells_entries_taken_over_from_entries_settled(app: TaskQ) -> None:
     pk = app.keys.partition("leases", 0)
     client = app.redis
     ids = [client.xadd(pk.stream, {"n": str(n)}) for n in range(3)]
@@ -16,9 +16,10 @@ def test_renew_reports_only_entries_taken_by_another_member(app: TaskQ) -> None:
     client.xack(pk.stream, "g", acked)  # settled while the renewal was planned
     client.xclaim(pk.stream, "g", "b", 0, [taken])  # another member took it
 
-    lost = Scripts(client).renew(pk, "g", "a", ids)
+    lost, gone = Scripts(client).renew(pk, "g", "a", ids)
 
     assert lost == [taken]
+    assert gone == [acked]
     pending = client.xpending_range(pk.stream, "g", "-", "+", 10)
     assert {(p["message_id"], p["consumer"]) for p in pending} == {
         (taken, b"b"),

@@ -6,12 +6,13 @@
 -- ARGV[2]  consumer
 -- ARGV[3..] entry ids, in ascending order
 --
--- Entries another consumer holds now are left alone (this consumer lost
--- them while it stalled); their ids are returned so the worker knows.
--- Entries no consumer holds (the group was recreated, the entry was
--- acknowledged since the worker listed them, its settler running
--- alongside) are neither renewed nor reported: acknowledging them later
--- finds out and says so.
+-- Returns {lost, gone}, two lists of ids:
+--   lost  entries another consumer holds now: this consumer lost them
+--         while it stalled, and must not run or settle them;
+--   gone  entries no consumer holds: acknowledged since the worker listed
+--         them (its settler runs alongside), or settled by the consumer
+--         that took them over, or the group was recreated. The worker runs
+--         none of these that it has not started yet.
 
 local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[#ARGV],
   #ARGV - 2, ARGV[2])
@@ -21,15 +22,21 @@ for _, entry in ipairs(held) do
 end
 local claim = {KEYS[1], ARGV[1], ARGV[2], 0}
 local lost = {}
+local gone = {}
 for i = 3, #ARGV do
   if mine[ARGV[i]] then
     claim[#claim + 1] = ARGV[i]
-  elseif held_by_other(KEYS[1], ARGV[1], ARGV[i], ARGV[2]) then
-    lost[#lost + 1] = ARGV[i]
+  else
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+    if pending[1] == nil then
+      gone[#gone + 1] = ARGV[i]
+    else
+      lost[#lost + 1] = ARGV[i]
+    end
   end
 end
 if #claim > 4 then
   claim[#claim + 1] = 'JUSTID'
   redis.call('XCLAIM', unpack(claim))
 end
-return lost
+return {lost, gone}

@@ -64,3 +64,22 @@ def once(key: str, seq: int, sleep: float, ctx: Context) -> None:
     }
     app.redis.rpush(LOG, json.dumps(record))
     time.sleep(sleep)
+
+
+@app.task(
+    topic="orders", key="key", ordered=True, retries=1, backoff=3.0, lease=LEASE_S
+)
+def retrying(key: str, seq: int, ctx: Context) -> None:
+    """Fail the first attempt; the second, after 3 s, succeeds."""
+    event = {
+        "event": "start",
+        "key": key,
+        "seq": seq,
+        "attempt": ctx.attempt,
+        "pid": os.getpid(),
+        "t": time.time(),
+    }
+    app.redis.rpush(LOG, json.dumps(event))
+    if ctx.attempt == 1:
+        raise RuntimeError("not yet")
+    app.redis.rpush(LOG, json.dumps(dict(event, event="end")))
