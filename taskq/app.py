@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
@@ -87,7 +88,8 @@ class TaskQ:
         #: Periodic jobs and digests by name.
         self.schedules: dict[str, Schedule] = {}
         self.clock: Clock = clock or SystemClock()
-        self._partitions: dict[str, int] = {}
+        #: topic -> (partition count, when it was read: monotonic s).
+        self._partitions: dict[str, tuple[int, float]] = {}
         self._round_robins: dict[str, RoundRobin] = {}
         self._client: Redis | None = None
         self._scripts: Scripts | None = None
@@ -181,10 +183,16 @@ class TaskQ:
         return config
 
     def partitions(self, topic: str) -> int:
-        """The partition count of ``topic``, as stored in Redis."""
-        count = self._partitions.get(topic)
-        if count is not None:
-            return count
+        """The partition count of ``topic``, as stored in Redis.
+
+        The count is read again every ``defaults.PARTITIONS_REFRESH_S``, so a
+        long-running producer follows a change made with ``taskq topics
+        create --force`` within that time.
+        """
+        cached = self._partitions.get(topic)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < defaults.PARTITIONS_REFRESH_S:
+            return cached[0]
         declared = self.topics.get(topic)
         wanted = declared.partitions if declared and declared.partitions else None
         with translate_errors(self.url):
@@ -195,14 +203,23 @@ class TaskQ:
         count = int(stored)
         if created:
             log.info("Topic %r created with %d partitions.", topic, count)
-        if wanted is not None and wanted != count:
+        if cached is not None:
+            if count != cached[0]:
+                log.warning(
+                    "Topic %r now has %d partitions (was %d); new messages use "
+                    "the new count.",
+                    topic,
+                    count,
+                    cached[0],
+                )
+        elif wanted is not None and wanted != count:
             raise TopicMismatchError(
                 f"topic {topic!r} has {count} partitions in Redis but is declared "
                 f"with {wanted} here; declare it with partitions={count}, or "
                 "change the stored count on purpose with "
                 f"'taskq topics create APP {topic} --partitions {wanted} --force'"
             )
-        self._partitions[topic] = count
+        self._partitions[topic] = (count, now)
         return count
 
     def max_len(self, topic: str) -> int | None:

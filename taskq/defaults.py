@@ -91,3 +91,7 @@ DIGEST_MAX_EVENTS = 500
 #: Events one step of closing a digest window moves at most (each step is
 #: one Lua call, so Redis is never blocked for long).
 DIGEST_SEAL_BUDGET = 2000
+
+#: Producers and workers read a topic's partition count again this often, s:
+#: a change (``taskq topics create --force``) reaches them within it.
+PARTITIONS_REFRESH_S = 10.0

@@ -175,17 +175,19 @@ class Keeper:
     # -- loop ---------------------------------------------------------------------
 
     def loop(self) -> None:
-        jobs: dict[str, tuple[Callable[[], None], float]] = {
-            "delayed": (self._poll_delayed, DELAYED_POLL_S),
-            "reclaim": (self._reclaim, self.reclaim_every_s),
-            "renew": (self._renew, self.renew_every_s),
-            "heartbeat": (self._heartbeat, HEARTBEAT_S),
-            "maintain": (self._maintain, MAINTAIN_S),
-        }
-        if self.watch_time_limits:
-            jobs["watchdog"] = (self._watchdog, WATCHDOG_S)
+        # In this order: after a stall, the partition leases are checked
+        # (and lost ones dropped) before renewing the entries' leases lets
+        # what was held back start.
+        jobs: dict[str, tuple[Callable[[], None], float]] = {}
         if self.worker.ownerships:
             jobs["own"] = (self._own, self.own_every_s)
+        jobs["renew"] = (self._renew, self.renew_every_s)
+        jobs["delayed"] = (self._poll_delayed, DELAYED_POLL_S)
+        jobs["reclaim"] = (self._reclaim, self.reclaim_every_s)
+        jobs["heartbeat"] = (self._heartbeat, HEARTBEAT_S)
+        jobs["maintain"] = (self._maintain, MAINTAIN_S)
+        if self.watch_time_limits:
+            jobs["watchdog"] = (self._watchdog, WATCHDOG_S)
         while not self._stop.is_set():
             now = time.monotonic()
             for name, (job, every) in jobs.items():
@@ -618,7 +620,12 @@ class Keeper:
                 keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000)
             )
         self._beats += 1
-        pipe.execute()
+        topics = sorted({sub.topic for sub in self.subs})
+        if topics:
+            pipe.hmget(keys.topics, topics)
+        results = pipe.execute()
+        if topics:
+            self._check_partitions(dict(zip(topics, results[-1], strict=True)))
         if housekeeping:
             # TIME goes on its own: a cluster pipeline takes keyed commands
             # only. (On a cluster it is one node's clock; masters kept in
@@ -629,6 +636,24 @@ class Keeper:
             self._clock_offset_ms = (
                 server_time[0] * 1000 + server_time[1] / 1000 - local_ms
             )
+
+    def _check_partitions(self, stored: dict[str, Any]) -> None:
+        """Restart the worker when a topic's partition count changed
+        (``taskq topics create --force``): its readers, partition leases
+        and schedules are built for the old count."""
+        for sub in self.subs:
+            value = stored.get(sub.topic)
+            if value is None or int(value) == len(sub.partitions):
+                continue
+            log.warning(
+                "Topic %r now has %s partitions (this worker started with %d); "
+                "restarting to serve the new count.",
+                sub.topic,
+                int(value),
+                len(sub.partitions),
+            )
+            self.worker.restart()
+            return
 
     def _maintain(self) -> None:
         if not self.subs:

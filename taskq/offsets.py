@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from taskq import defaults
 from taskq.errors import ConfigurationError, TaskqError
 from taskq.keys import PartitionKeys, check_name
 from taskq.message import entry_ms, text
@@ -285,6 +286,9 @@ def set_partitions(app: TaskQ, topic: str, count: int, *, force: bool) -> str:
         )
     for p in range(count, current):
         pk = app.keys.partition(topic, p)
+        # What every group has handled may still be in the stream until a
+        # worker trims it: it does not count.
+        app.scripts.trim(pk)
         if app.redis.xlen(pk.stream) or app.redis.zcard(pk.delayed):
             raise TaskqError(
                 f"partition {p} of {topic!r} still holds messages; it would be "
@@ -293,8 +297,9 @@ def set_partitions(app: TaskQ, topic: str, count: int, *, force: bool) -> str:
     app.redis.hset(app.keys.topics, topic, count)
     app.forget_partitions()
     return (
-        f"topic {topic!r} now has {count} partitions (was {current}); restart "
-        "its producers and workers so they use the new count"
+        f"topic {topic!r} now has {count} partitions (was {current}); running "
+        "workers restart to serve them, and producers use the new count within "
+        f"{defaults.PARTITIONS_REFRESH_S:g} s"
     )
 
 

@@ -127,6 +127,9 @@ class Worker:
         self.keeper = Keeper(self)
         self.scheduler = Scheduler(app) if beat else None
         self.started = threading.Event()
+        #: Set when the worker stopped to be started again (a topic's
+        #: partition count changed); ``taskq worker`` then starts anew.
+        self.restart_needed = False
         self.stats = collections.Counter[str]()
 
     def __repr__(self) -> str:
@@ -212,6 +215,11 @@ class Worker:
         if self.stopping.is_set() or not graceful:
             self.hard_stop.set()
         self.stopping.set()
+
+    def restart(self) -> None:
+        """Stop gracefully, to be started again (see ``restart_needed``)."""
+        self.restart_needed = True
+        self.stop()
 
     def _install_signal_handlers(self) -> None:
         first: list[float] = []

@@ -161,3 +161,53 @@ def test_topics_create_describe_and_change(events: Any) -> None:
     assert changed.exit_code == 0 and "now has 4 partitions (was 2)" in changed.output
     shrink = cli("topics", "create", APP, "events", "--partitions", "1", "--force")
     assert shrink.exit_code == 1 and "still holds messages" in shrink.output
+
+
+def test_producers_follow_a_changed_partition_count(
+    events: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskq import TaskQ, defaults, offsets
+    from taskq.partitioning import partition_for
+
+    app = events.app
+    app.publish("events", 1, key="a")  # the count (2) is cached now
+    operator = TaskQ(app.url, namespace=app.keys.namespace)
+    offsets.set_partitions(operator, "events", 4, force=True)
+    monkeypatch.setattr(defaults, "PARTITIONS_REFRESH_S", 0.0)
+    key = next(k for k in map(str, range(100)) if partition_for(k, 4) == 3)
+    app.publish("events", 2, key=key)
+    assert app.redis.xlen(app.keys.partition("events", 3).stream) == 1
+    operator.close()
+
+
+def test_a_partition_whose_entries_are_handled_may_be_dropped(events: Any) -> None:
+    app = events.app
+    for n in range(1, 9):
+        app.publish("events", n, key=n)
+    Worker(app, burst=True).run(install_signals=False)
+    assert sorted(events.SEEN) == sorted([*range(1, 9), *range(-8, 0)])
+    shrunk = cli("topics", "create", APP, "events", "--partitions", "1", "--force")
+    assert shrunk.exit_code == 0, shrunk.output
+    assert "now has 1 partitions (was 2)" in shrunk.output
+
+
+def test_a_worker_stops_to_restart_when_the_count_changes(
+    events: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import taskq.keeper
+    from taskq import TaskQ, offsets
+    from tests.support import wait_for
+
+    monkeypatch.setattr(taskq.keeper, "HEARTBEAT_S", 0.5)
+    worker = Worker(events.app)
+    thread = threading.Thread(target=worker.run, args=(False,), daemon=True)
+    thread.start()
+    wait_for(worker.started.is_set, timeout=10)
+    operator = TaskQ(events.app.url, namespace=events.app.keys.namespace)
+    offsets.set_partitions(operator, "events", 3, force=True)
+    thread.join(15)
+    assert not thread.is_alive()
+    assert worker.restart_needed
+    operator.close()

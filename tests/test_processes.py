@@ -163,3 +163,42 @@ def test_ctrl_c_on_the_process_group_stops_gracefully(
     assert parent.returncode == 0, output.decode()
     assert "again" not in output.decode()
     assert app.redis.hlen(counter.RUNS) == 4
+
+
+def test_a_worker_follows_a_change_of_the_partition_count(
+    redis_url: str, namespace: str
+) -> None:
+    """``topics create --force`` on a running system: the worker restarts
+    itself for the new count, producers follow, and messages on the new
+    partitions are handled."""
+    from taskq import offsets
+    from taskq.partitioning import partition_for
+    from tests.support import wait_for
+
+    app = TaskQ(redis_url, namespace=namespace)
+
+    @app.task(topic="jobs", key="key", name="record")
+    def record(key: str, n: int) -> None: ...
+
+    record.send("k", 0)
+    runs = f"{namespace}:test:runs"
+    worker = worker_process(
+        "tests.apps.counter:app",
+        redis_url,
+        namespace,
+        env={"TASKQ_TEST_PARTITIONS": "stored"},
+    )
+    try:
+        wait_for(lambda: app.redis.hget(runs, "0"), timeout=20)
+        offsets.set_partitions(app, "jobs", 6, force=True)
+        keys = [k for k in map(str, range(100)) if partition_for(k, 6) >= 4][:4]
+        for n, key in enumerate(keys, start=1):
+            record.send(key, n)
+        wait_for(lambda: app.redis.hlen(runs) == 5, timeout=40)
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        output, _ = worker.communicate(timeout=30)
+        app.close()
+    assert "now has 6 partitions" in output.decode()
+    assert worker.returncode == 0

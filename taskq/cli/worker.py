@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -161,7 +162,14 @@ def worker(
         groups=_split(groups),
         topics=_split(topics),
     )
-    sys.exit(instance.run())
+    code = instance.run()
+    if instance.restart_needed:
+        # A fresh process: every part of the worker is built for the new
+        # partition counts (under --processes, the child keeps its pid).
+        logging.getLogger("taskq.cli").info("Starting again.")
+        argv = _child_args(sys.argv[1:])
+        os.execv(argv[0], argv)
+    sys.exit(code)
 
 
 def _wait_for_redis(app: TaskQ) -> None:

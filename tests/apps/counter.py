@@ -12,7 +12,9 @@ app = TaskQ(
     os.environ.get("TASKQ_URL"),
     namespace=os.environ.get("TASKQ_TEST_NAMESPACE", "taskq"),
 )
-app.topic("jobs", partitions=int(os.environ.get("TASKQ_TEST_PARTITIONS", "4")))
+# "stored": take the count stored in Redis, whatever it is.
+_PARTITIONS = os.environ.get("TASKQ_TEST_PARTITIONS", "4")
+app.topic("jobs", partitions=None if _PARTITIONS == "stored" else int(_PARTITIONS))
 RUNS = f"{app.keys.namespace}:test:runs"
 STARTS = f"{app.keys.namespace}:test:starts"
 
