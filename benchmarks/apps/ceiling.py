@@ -68,7 +68,11 @@ def consume(task: str) -> None:
         )  # fmt: skip
         if not response:
             continue
-        entries = response[0][1]
+        # RESP2 (redis-py before 8) answers [[stream, entries]], RESP3 a map.
+        if isinstance(response, dict):
+            entries = next(iter(response.values()))
+        else:
+            entries = response[0][1]
         ids = [entry_id for entry_id, _ in entries]
         pipe = client.pipeline(transaction=False)
         if task == "incr":
