@@ -8,7 +8,10 @@ Options:
 * ``--runs N``: runs per figure (default 3);
 * ``--out DIR``: where results.json, results.md, throughput.png and the
   workers' log go (default ``benchmarks/results``);
-* ``--target local``: where Redis comes from (see ``targets.py``).
+* ``--target local``: where Redis comes from (see ``targets.py``):
+  ``local``, one redis-server; ``cluster``, a Redis Cluster of three
+  masters (taskq and the ceiling run there; the other queues are listed
+  as not applicable, with the reason).
 """
 
 from __future__ import annotations
@@ -104,7 +107,12 @@ def main() -> None:
         for name in systems:
             system = SYSTEMS[name]
             say(f"{name}:")
-            driver = Driver(system.module, target.url, log)
+            off_target = system.unsupported_on.get(args.target)
+            if off_target:
+                say(f"  n/a on --target {args.target}: {off_target}")
+                driver = None
+            else:
+                driver = Driver(system.module, target.url, log)
             try:
                 for wname in workloads:
                     workload = WORKLOADS[wname]
@@ -115,8 +123,13 @@ def main() -> None:
                     result = Result(name, wname)
                     if workload.kind == "latency":
                         result.unit = "ms"
-                    if workload.only is not None and name not in workload.only:
+                    if driver is None:
+                        result.status, result.reason = "n/a", off_target or ""
+                    elif workload.only is not None and name not in workload.only:
                         result.status, result.reason = "n/a", workload.reason
+                    elif args.target in workload.unsupported_on:
+                        result.status = "n/a"
+                        result.reason = workload.unsupported_on[args.target]
                     elif wname in system.unsupported:
                         result.status, result.reason = "n/a", system.unsupported[wname]
                     elif driver.error:
@@ -127,7 +140,8 @@ def main() -> None:
                         result = suite.run(system, workload, driver)
                     results.append(result)
             finally:
-                driver.close()
+                if driver is not None:
+                    driver.close()
     finally:
         target.stop()
         log.close()
@@ -137,6 +151,7 @@ def main() -> None:
             "machine": f"{os.cpu_count()} cores ({_cpu()}), Python "
             f"{platform.python_version()}",
             "target": target.description,
+            "target_name": args.target,
             "runs": settings.runs,
             "quick": args.quick,
             "seconds": time.monotonic() - started,

@@ -86,16 +86,29 @@ def table(found: Results, systems: list[str], detail: bool = False) -> str:
 
 
 def notes(found: Results, systems: list[str]) -> str:
-    """Why some cells are empty, and what each queue ran with."""
+    """Why some cells are empty, and what each queue ran with.
+
+    A queue that could not run any workload for one reason (a queue
+    without Redis Cluster support on ``--target cluster``) gets one line.
+    """
     lines = []
-    for (system, workload), entry in sorted(found.items()):
-        if system not in systems:
+    for system in systems:
+        entries = sorted(
+            ((w, e) for (s, w), e in found.items() if s == system),
+            key=lambda item: list(BY_NAME).index(item[0]),
+        )
+        whole = {(e["status"], e["reason"]) for _, e in entries}
+        if len(whole) == 1 and entries and entries[0][1]["status"] != "ok":
+            status, reason = whole.pop()
+            if reason:
+                lines.append(f"- {system}, every workload: {status}: {reason}")
             continue
-        if entry["status"] != "ok" and entry["reason"]:
-            lines.append(
-                f"- {system}, {BY_NAME[workload].title}: {entry['status']}: "
-                f"{entry['reason']}"
-            )
+        for workload, entry in entries:
+            if entry["status"] != "ok" and entry["reason"]:
+                lines.append(
+                    f"- {system}, {BY_NAME[workload].title}: {entry['status']}: "
+                    f"{entry['reason']}"
+                )
     return "\n".join(dict.fromkeys(lines))
 
 
@@ -224,8 +237,11 @@ def markdown(data: dict[str, Any]) -> str:
     found = index(data["results"])
     systems = data["meta"]["systems"]
     meta = data["meta"]
+    target = meta["target"]
+    if meta.get("target_name"):
+        target = f"target `{meta['target_name']}`: {target}"
     parts = [
-        f"Measured {meta['date']} on {meta['machine']}; {meta['target']}; "
+        f"Measured {meta['date']} on {meta['machine']}; {target}; "
         f"median of {meta['runs']} runs; load average before/after: "
         f"{meta['load_before']} / {meta['load_after']}; the suite took "
         f"{meta['seconds']:.0f} s.",
@@ -354,9 +370,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
         used += 1
     for extra in list(axes.flat)[used:]:
         extra.axis("off")
+    where = data["meta"].get("target_name")
     fig.suptitle(
         "taskq beside the ceiling (dashed line) and other queues, "
-        + data["meta"]["date"],
+        + data["meta"]["date"]
+        + (f", target {where}" if where and where != "local" else ""),
         fontsize=12,
     )
     fig.tight_layout()

@@ -182,6 +182,9 @@ class Suite:
                 break
             result.runs.append(record)
             self.say(f"    run {index + 1}: {_describe(record)}")
+        note = system.notes_on.get(self.target.name)
+        if note and result.settings:
+            result.settings += f"; {note}"
         return result
 
     def _enqueue(

@@ -5,12 +5,15 @@ queues connect to, empties it between runs and stops it at the end. The
 suite never connects to a Redis it did not start (in particular not to one
 already listening on 6379).
 
-``TARGETS`` maps a ``--target`` name to its class. A Redis Cluster target
-(several masters) fits in by implementing the same members: ``url`` is
-what the queues are given (``BENCH_REDIS_URL``), ``client()`` is what the
-suite itself reads progress with (a ``RedisCluster`` there), ``flush()``
-empties every master. Queues that cannot use a cluster report why, as any
-queue that cannot run here does.
+``TARGETS`` maps a ``--target`` name to its class. Each implements the
+same members: ``url`` is what the queues are given (``BENCH_REDIS_URL``),
+``client()`` is what the suite itself reads progress with, ``flush()``
+empties every node. ``local`` is one ``redis-server``; ``cluster`` is a
+Redis Cluster of three masters, started with the test suite's
+``tests.clusters.ClusterServers`` (the suite runs from the repository
+root, so ``tests`` is importable). Queues and workloads that cannot use a
+target say why (``unsupported_on`` in ``systems.py`` and
+``workloads.py``), as any queue that cannot run here does.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
+import redis.cluster
 
 
 def free_port() -> int:
@@ -35,6 +40,8 @@ def free_port() -> int:
 class RedisTarget:
     """What the suite needs from a Redis deployment."""
 
+    #: The ``--target`` name.
+    name: str = ""
     #: Shown in the report, e.g. "redis-server 7.0.15, 1 node".
     description: str = ""
 
@@ -45,7 +52,7 @@ class RedisTarget:
     def start(self) -> None:
         raise NotImplementedError
 
-    def client(self) -> redis.Redis:
+    def client(self) -> redis.Redis | redis.cluster.RedisCluster:
         """A client for the suite's own reads (progress, latencies)."""
         return redis.Redis.from_url(self.url)
 
@@ -59,6 +66,8 @@ class RedisTarget:
 
 class LocalRedis(RedisTarget):
     """One ``redis-server`` on a free loopback port, without persistence."""
+
+    name = "local"
 
     def __init__(self, binary: str = "redis-server") -> None:
         found = shutil.which(binary)
@@ -116,4 +125,71 @@ class LocalRedis(RedisTarget):
         self._dir.cleanup()
 
 
-TARGETS: dict[str, type[RedisTarget]] = {"local": LocalRedis}
+class ClusterRedis(RedisTarget):
+    """A Redis Cluster of three masters (no replicas), each a
+    ``redis-server`` on a free loopback port without persistence.
+
+    Slots are split evenly by ``redis-cli --cluster create``. Nothing fails
+    over here, so nodes keep Redis's usual node timeout: a master slowed
+    down by the load must not be counted as failed.
+    """
+
+    name = "cluster"
+    masters = 3
+    node_timeout_ms = 15_000
+
+    def __init__(self) -> None:
+        from tests.clusters import find_redis_cli
+        from tests.support import find_redis_server
+
+        server, cli = find_redis_server(), find_redis_cli()
+        if server is None or cli is None:
+            raise RuntimeError(
+                "redis-server and redis-cli are not on PATH; install Redis 7 "
+                "to benchmark on a cluster"
+            )
+        self.server, self.cli = server, cli
+        self._dir = tempfile.TemporaryDirectory(prefix="taskq-bench-cluster-")
+        self._cluster: Any = None
+
+    @property
+    def url(self) -> str:
+        """taskq's form, ``redis+cluster://host:port,host:port,...``."""
+        return str(self._cluster.url)
+
+    def start(self) -> None:
+        from tests.clusters import ClusterServers
+
+        self._cluster = ClusterServers(
+            self.server,
+            self.cli,
+            Path(self._dir.name),
+            masters=self.masters,
+            replicas=0,
+            node_timeout_ms=self.node_timeout_ms,
+        )
+        try:
+            self._cluster.start()
+        except BaseException:
+            self._cluster.stop()
+            raise
+        self.description = self._cluster.description()
+
+    def client(self) -> redis.cluster.RedisCluster:
+        nodes = [
+            redis.cluster.ClusterNode("127.0.0.1", node.port)
+            for node in self._cluster.nodes
+        ]
+        return redis.cluster.RedisCluster(startup_nodes=nodes)
+
+    def flush(self) -> None:
+        self._cluster.flush()
+
+    def stop(self) -> None:
+        if self._cluster is not None:
+            self._cluster.stop()
+            self._cluster = None
+        self._dir.cleanup()
+
+
+TARGETS: dict[str, type[RedisTarget]] = {"local": LocalRedis, "cluster": ClusterRedis}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Tasks per second of 16 handlers that each sleep 10 ms: the best a
 #: queue can do in the sleeping workload.
@@ -25,6 +25,8 @@ class Workload:
     #: Only these systems run it; the others are shown with ``reason``.
     only: frozenset[str] | None = None
     reason: str = ""
+    #: Targets (``--target`` names) it cannot be measured on, and why.
+    unsupported_on: dict[str, str] = field(default_factory=dict)
 
 
 NOOP_ONLY = frozenset({"ceiling", "taskq"})

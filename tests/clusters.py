@@ -4,6 +4,11 @@ Both are built from plain ``redis-server`` processes on free ports (each
 in a folder of its own, persistence off), like the single server of
 ``support.RedisServer``. Failover timeouts are short, so a test that kills
 a master sees its replica promoted within a few seconds.
+
+The benchmarks (``benchmarks/targets.py``) start their cluster target with
+``ClusterServers`` too: masters only, and the usual node timeout, since
+nothing fails over there and a node busy under load must not be counted
+as failed.
 """
 
 from __future__ import annotations
@@ -38,8 +43,13 @@ def _client(port: int) -> redis.Redis:
 
 
 class ClusterServers:
-    """``masters`` masters with ``replicas`` replicas each, made one cluster
-    with ``redis-cli --cluster create``."""
+    """``masters`` masters with ``replicas`` replicas each (none is fine),
+    made one cluster with ``redis-cli --cluster create``.
+
+    ``node_timeout_ms`` is how long a node may be silent before the others
+    count it as failed: short for the failover tests, Redis's own 15 s
+    where nothing is meant to fail.
+    """
 
     def __init__(
         self,
@@ -49,6 +59,7 @@ class ClusterServers:
         *,
         masters: int = 3,
         replicas: int = 1,
+        node_timeout_ms: int = NODE_TIMEOUT_MS,
     ) -> None:
         self.cli = cli
         self.masters = masters
@@ -69,7 +80,7 @@ class ClusterServers:
                         "--cluster-port",
                         str(free_port()),
                         "--cluster-node-timeout",
-                        str(NODE_TIMEOUT_MS),
+                        str(node_timeout_ms),
                         # Any replica may take over, however long it was
                         # cut off: the tests kill masters on purpose.
                         "--cluster-replica-validity-factor",
@@ -112,6 +123,28 @@ class ClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def description(self) -> str:
+        """What runs, e.g. "redis-server 7.0.15, Redis Cluster of 3 masters
+        on loopback" (after ``start``)."""
+        client = _client(self.nodes[0].port)
+        try:
+            version = _info(client, "server")["redis_version"]
+        finally:
+            client.close()
+        shape = f"Redis Cluster of {self.masters} masters"
+        if self.replicas:
+            shape += f" with {self.replicas} replica(s) each"
+        return f"redis-server {version}, {shape} on loopback"
+
+    def flush(self) -> None:
+        """Remove every key, on every master (replicas follow)."""
+        for node in self.primaries():
+            client = _client(node.port)
+            try:
+                client.flushall()
+            finally:
+                client.close()
 
     def running_nodes(self) -> list[RedisServer]:
         return [node for node in self.nodes if node.running]

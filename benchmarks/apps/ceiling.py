@@ -5,6 +5,12 @@ Consuming (``python -m benchmarks.apps.ceiling TASK``): XREADGROUP in
 batches of 1000, then one pipeline per batch with the task's own commands
 (nothing, one INCR per entry, or the latency push) and the XACK of the
 batch. This is the least work a Redis Streams queue can do per message.
+
+On a Redis Cluster (``--target cluster``) the client is redis-py's
+``RedisCluster`` and the work is the same, on the same one stream: it
+lives in one slot, on one of the masters, so the ceiling there is what
+one master serves; the INCR counter and the latency list may live on
+others.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ import sys
 from typing import Any
 
 import redis
+import redis.cluster
 
 from benchmarks.apps.common import (
     COUNTER,
     LATENCIES,
-    URL,
     now_us,
     sync_client,
 )
@@ -54,9 +60,26 @@ def make_producer() -> Producer:
     return Producer()
 
 
+def raw_replies(client: redis.Redis | redis.cluster.RedisCluster, command: str) -> None:
+    """Leave ``command``'s replies unparsed (no dict per entry).
+
+    A ``RedisCluster`` parses a reply with the callbacks of the node's own
+    client, so those get it too.
+    """
+
+    def keep(response: Any, **options: Any) -> Any:
+        return response
+
+    client.set_response_callback(command, keep)
+    if isinstance(client, redis.cluster.RedisCluster):
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.set_response_callback(command, keep)
+
+
 def consume(task: str) -> None:
-    client = redis.Redis.from_url(URL)
-    client.set_response_callback("XREADGROUP", lambda response, **options: response)
+    client = sync_client()
+    raw_replies(client, "XREADGROUP")
     # The other process of a 2-process run may have made it already.
     with contextlib.suppress(redis.ResponseError):
         client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
@@ -68,7 +91,11 @@ def consume(task: str) -> None:
         )  # fmt: skip
         if not response:
             continue
-        entries = response[0][1]
+        # RESP2 (redis-py before 8) answers [[stream, entries]], RESP3 a map.
+        if isinstance(response, dict):
+            entries = next(iter(response.values()))
+        else:
+            entries = response[0][1]
         ids = [entry_id for entry_id, _ in entries]
         pipe = client.pipeline(transaction=False)
         if task == "incr":

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.cluster
 
 COUNTER = "bench:count"
 LATENCIES = "bench:lat"
@@ -26,7 +27,28 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def sync_client() -> redis.Redis:
+#: taskq's URL form of a Redis Cluster (``targets.ClusterRedis``).
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def is_cluster(url: str = URL) -> bool:
+    return url.startswith(CLUSTER_SCHEME)
+
+
+def cluster_nodes(url: str = URL) -> list[redis.cluster.ClusterNode]:
+    """The startup nodes of ``redis+cluster://host:port,host:port``."""
+    nodes = []
+    for item in url.removeprefix(CLUSTER_SCHEME).strip("/").split(","):
+        host, _, port = item.rpartition(":")
+        nodes.append(redis.cluster.ClusterNode(host, int(port)))
+    return nodes
+
+
+def sync_client() -> redis.Redis | redis.cluster.RedisCluster:
+    """A plain redis-py client of the suite's Redis: a ``RedisCluster`` on a
+    cluster URL (the queue itself is given the URL as it is)."""
+    if is_cluster(URL):
+        return redis.cluster.RedisCluster(startup_nodes=cluster_nodes(URL))
     return redis.Redis.from_url(URL)
 
 
