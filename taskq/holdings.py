@@ -268,6 +268,15 @@ class Holdings:
         for delivery in waiting:
             self.queue.put(delivery)
 
+    def take_held_back(self) -> list[Delivery]:
+        """Everything held back (the worker is stopping)."""
+        with self.lock:
+            taken = [
+                d for waiting in self._held_back.values() for d in waiting if not d.lost
+            ]
+            self._held_back.clear()
+            return taken
+
     # -- parked ---------------------------------------------------------------------
 
     def _park(self, delivery: Delivery) -> None:

@@ -439,6 +439,7 @@ class Worker:
             if item is not None:
                 unstarted.append(item)
                 self.holdings.finished()
+        unstarted += self.holdings.take_held_back()
         running = len(self._running)
         released = self._requeue(
             [d for d in unstarted if not d.sub.ordered], started=False
