@@ -505,7 +505,9 @@ class Keeper:
         try:
             pipe = self.client.pipeline(transaction=False)
             for pk in due:
-                self.scripts.move_due(pk, MOVE_BATCH, client=pipe)
+                self.scripts.move_due(
+                    pk, MOVE_BATCH, self.app.dead_letter_max_len, client=pipe
+                )
             results = self.scripts.execute(pipe)
         except (redis.RedisError, OSError) as exc:
             with self._lock:
@@ -519,16 +521,30 @@ class Keeper:
             return
         now = time.monotonic()
         with self._lock:
-            for pk, (moved, next_ms) in zip(due, results, strict=True):
+            for pk, (moved, next_ms, _) in zip(due, results, strict=True):
                 if moved >= MOVE_BATCH:
                     self._timers[pk] = now
                 elif next_ms >= 0:
                     at = now + next_ms / 1000
                     self._timers[pk] = min(at, self._timers.get(pk, at))
-        if any(moved for moved, _ in results):
+        for pk, (_, _, set_aside) in zip(due, results, strict=True):
+            if set_aside:
+                self._set_aside(pk, set_aside)
+        if any(result[0] for result in results):
             # What was moved is new work: a burst worker must read again
             # before it may call itself drained.
             self.worker.holdings.not_idle({pk.topic for pk in due})
+
+    def _set_aside(self, pk: PartitionKeys, count: int) -> None:
+        log.error(
+            "Set aside %d member%s of %s that %s not a valid message "
+            "(invalid_envelope) in %s; the other delayed messages move on.",
+            count,
+            "" if count == 1 else "s",
+            pk.delayed,
+            "is" if count == 1 else "are",
+            pk.dead,
+        )
 
     # -- ordered handlers -----------------------------------------------------------
 
