@@ -116,6 +116,12 @@ class Subscription:
 
     def handler_for(self, fields: wire.Fields) -> Handler | Rejection:
         """The handler of an entry, or why it has none."""
+        if len(fields) > wire.MAX_FIELDS:
+            return Rejection(
+                "invalid_envelope",
+                f"the entry has {len(fields)} fields, more than the "
+                f"{wire.MAX_FIELDS} a message may have",
+            )
         if wire.PAYLOAD not in fields:
             return Rejection("invalid_envelope", "the entry has no payload field")
         if self.consumer is not None:
@@ -243,7 +249,8 @@ def dead_record(
     """The fields of a dead-letter entry.
 
     The original fields are kept under ``message:<field>``, byte for byte,
-    so a replay sends exactly what was written.
+    so a replay sends exactly what was written (the first
+    ``wire.MAX_FIELDS`` of an entry that has more).
     """
     fields = delivery.fields
     first = fields.get(wire.FIRST_ATTEMPT) or str(now_ms).encode()
@@ -264,6 +271,6 @@ def dead_record(
         b"last_attempt": str(last_attempt_ms or now_ms).encode(),
         b"dead_at": str(now_ms).encode(),
     }
-    for field, value in fields.items():
+    for field, value in itertools.islice(fields.items(), wire.MAX_FIELDS):
         record[b"message:" + field] = value
     return record

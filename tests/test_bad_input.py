@@ -206,3 +206,30 @@ def test_moving_delayed_members_keeps_the_dead_letter_limit(
     assert (handled, next_ms, set_aside) == (300, -1, 300)
     # Approximate trimming (MAXLEN ~) keeps about the limit, never all.
     assert app.redis.xlen(pk.dead) < 300
+
+
+def test_an_entry_with_absurdly_many_fields_is_set_aside(
+    app: TaskQ, running: Any, until: Any
+) -> None:
+    app.topic("jobs", partitions=1)
+    ran: list[int] = []
+
+    @app.task(topic="jobs")
+    def count(n: int) -> None:
+        ran.append(n)
+
+    stream = app.keys.partition("jobs", 0).stream
+    fields: dict[bytes, bytes] = {b"task": b"count", b"payload": b'{"n": 1}'}
+    fields.update({b"f%d" % i: b"v" for i in range(10_000)})
+    [bad] = [app.redis.xadd(stream, fields)]  # type: ignore[arg-type]
+    count.send(n=2)
+    with running(Worker(app)):
+        until(lambda: ran == [2] and dead_letters(app, "jobs"), timeout=10)
+        until(lambda: pending(app, "jobs") == 0, timeout=10)
+    [record] = dead_letters(app, "jobs")
+    assert record[b"reason"] == b"invalid_envelope"
+    assert record[b"source_id"] == bad
+    assert b"10002 fields" in record[b"error"]
+    kept = [f for f in record if f.startswith(b"message:")]
+    assert len(kept) == 64
+    assert record[b"message:task"] == b"count"
