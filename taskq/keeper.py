@@ -115,10 +115,7 @@ class Keeper:
         self._load_scripts()
         for sub in self.subs:
             self.ensure_groups(self.client, sub)
-            until = self.client.hget(
-                self.app.keys.group_config(sub.topic, sub.group), "until_ms"
-            )
-            sub.until_ms = int(until) if until else None
+            sub.until_ms = self._read_until(sub)
         leases = [sub.lease_s for sub in self.subs] or [self.worker.lease_s]
         self.renew_every_s = min(leases) / 3
         self.worker.holdings.stale_after_s = min(leases) * STALE_FRACTION
@@ -128,6 +125,31 @@ class Keeper:
         # Take partitions before the readers start, so a lone worker (or a
         # burst run) reads at once.
         self._own()
+
+    def _read_until(self, sub: Subscription) -> int | None:
+        """The end a replay set for the group (``until_ms``), if any.
+
+        A config key that is not a hash, or an end that is not a number,
+        is reported and ignored: the group then reads everything, as it
+        does without a replay, rather than the worker failing to start.
+        """
+        key = self.app.keys.group_config(sub.topic, sub.group)
+        try:
+            until = self.client.hget(key, "until_ms")
+            return int(until) if until else None
+        except (redis.ResponseError, ValueError) as exc:
+            self.warn_once(
+                "config",
+                key,
+                "Cannot read the settings of group %r of %r from %s (%s); going "
+                "on without them. Delete or repair the key.",
+                sub.group,
+                sub.topic,
+                key,
+                exc,
+                level=logging.ERROR,
+            )
+            return None
 
     def _load_scripts(self) -> None:
         while True:
