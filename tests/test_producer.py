@@ -226,6 +226,30 @@ def test_nan_and_infinity_are_refused_before_anything_is_written(
     assert _lengths(app, "numbers") == [1]
 
 
+def test_a_stream_key_of_the_wrong_type_is_a_clear_error(app: TaskQ) -> None:
+    app.topic("jobs", partitions=1)
+
+    @app.task(topic="jobs")
+    def job(n: int) -> None: ...
+
+    app.topic("events", partitions=1)
+    pk = app.keys.partition("jobs", 0)
+    events = app.keys.partition("events", 0).stream
+    app.redis.set(pk.stream, "not a stream")
+    app.redis.set(events, "not a stream")
+    app.redis.rpush(pk.delayed, "not a sorted set")
+    for call, key in (
+        (lambda: job.send(1), pk.stream),
+        (lambda: job.send_many([{"n": 1}, {"n": 2}]), pk.stream),
+        (lambda: app.publish("events", {"n": 1}), events),
+    ):
+        with pytest.raises(taskq.WrongKeyType, match=key) as caught:
+            call()
+        assert "string, not a stream" in str(caught.value)
+    with pytest.raises(taskq.WrongKeyType, match=pk.delayed):
+        job.options(delay=5).send(1)
+
+
 def test_topic_partition_count_is_stored_and_checked(app: TaskQ, make_app: Any) -> None:
     app.topic("orders", partitions=8)
     assert app.partitions("orders") == 8
