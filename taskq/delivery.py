@@ -133,10 +133,19 @@ class Subscription:
         if handler is None:
             return Rejection(
                 "unknown_task",
-                f"no task named {wire.text(name)!r} is registered on topic "
-                f"{self.topic!r}",
+                f"no task named {_quoted(name)} is registered on topic {self.topic!r}",
             )
         return handler
+
+
+def _quoted(name: bytes) -> str:
+    """A name for a message, quoted and escaped once: valid UTF-8 as its
+    repr, other bytes as ``\\xNN`` escapes (repr() of text that was decoded
+    with escapes would escape those backslashes a second time)."""
+    try:
+        return repr(name.decode())
+    except UnicodeDecodeError:
+        return repr(name)[1:]
 
 
 class Rejection:

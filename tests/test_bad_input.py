@@ -233,3 +233,20 @@ def test_an_entry_with_absurdly_many_fields_is_set_aside(
     kept = [f for f in record if f.startswith(b"message:")]
     assert len(kept) == 64
     assert record[b"message:task"] == b"count"
+
+
+def test_an_unknown_task_name_is_escaped_once(app: TaskQ) -> None:
+    app.topic("jobs", partitions=1)
+
+    @app.task(topic="jobs")
+    def known() -> None: ...
+
+    stream = app.keys.partition("jobs", 0).stream
+    app.redis.xadd(stream, {"task": b"\xff\xfe", "payload": b"{}"})
+    app.redis.xadd(stream, {"task": "caf\u00e9\n", "payload": b"{}"})
+    Worker(app, burst=True).run(install_signals=False)
+    records = dead_letters(app, "jobs")
+    assert [r[b"reason"] for r in records] == [b"unknown_task"] * 2
+    assert b"no task named '\\xff\\xfe' is registered" in records[0][b"error"]
+    assert "no task named 'café\\n'" in records[1][b"error"].decode()
+    assert records[0][b"task"] == b"\xff\xfe"  # the name itself, unchanged
