@@ -304,6 +304,46 @@ def test_a_producer_facing_a_dead_redis_fails_in_bounded_time(make_app: Any) -> 
         silent.close()
 
 
+def test_a_second_signal_stops_a_worker_whose_redis_hangs(
+    tmp_path: Any, namespace: str
+) -> None:
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    assert server.process is not None
+    import tests.apps.counter as counter
+
+    app = bind_app(counter.app, server.url, namespace)
+    starts = f"{namespace}:test:starts"
+    worker = worker_process("tests.apps.counter:app", server.url, namespace, "-c", "2")
+    stopped = False
+    try:
+        counter.record.send_many(
+            [{"key": f"k{n}", "n": n, "sleep": 60} for n in range(2)]
+        )
+        wait_for(lambda: app.redis.llen(starts) == 2, timeout=20)
+        server.process.send_signal(signal.SIGSTOP)
+        stopped = True
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # past the grace for a signal delivered twice
+        worker.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        output = worker.communicate(timeout=30)[0].decode()
+        assert time.monotonic() - signalled < 6.0, output
+        assert worker.returncode == 0, output
+        assert "lease runs out" in output
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if stopped:
+            server.process.send_signal(signal.SIGCONT)
+        app.close()
+        server.stop()
+
+
 # -- leases ----------------------------------------------------------------------
 
 
