@@ -33,6 +33,7 @@ from taskq.errors import (
     TimeLimitExceeded,
     TopicMismatchError,
     ValidationError,
+    WrongKeyType,
 )
 from taskq.handlers import Consumer, Task
 from taskq.partitioning import partition_for
@@ -61,6 +62,7 @@ __all__ = [
     "TopicMismatchError",
     "ValidationError",
     "Worker",
+    "WrongKeyType",
     "exponential",
     "fixed",
     "partition_for",

@@ -116,6 +116,12 @@ class Subscription:
 
     def handler_for(self, fields: wire.Fields) -> Handler | Rejection:
         """The handler of an entry, or why it has none."""
+        if len(fields) > wire.MAX_FIELDS:
+            return Rejection(
+                "invalid_envelope",
+                f"the entry has {len(fields)} fields, more than the "
+                f"{wire.MAX_FIELDS} a message may have",
+            )
         if wire.PAYLOAD not in fields:
             return Rejection("invalid_envelope", "the entry has no payload field")
         if self.consumer is not None:
@@ -127,10 +133,19 @@ class Subscription:
         if handler is None:
             return Rejection(
                 "unknown_task",
-                f"no task named {wire.text(name)!r} is registered on topic "
-                f"{self.topic!r}",
+                f"no task named {_quoted(name)} is registered on topic {self.topic!r}",
             )
         return handler
+
+
+def _quoted(name: bytes) -> str:
+    """A name for a message, quoted and escaped once: valid UTF-8 as its
+    repr, other bytes as ``\\xNN`` escapes (repr() of text that was decoded
+    with escapes would escape those backslashes a second time)."""
+    try:
+        return repr(name.decode())
+    except UnicodeDecodeError:
+        return repr(name)[1:]
 
 
 class Rejection:
@@ -243,7 +258,8 @@ def dead_record(
     """The fields of a dead-letter entry.
 
     The original fields are kept under ``message:<field>``, byte for byte,
-    so a replay sends exactly what was written.
+    so a replay sends exactly what was written (the first
+    ``wire.MAX_FIELDS`` of an entry that has more).
     """
     fields = delivery.fields
     first = fields.get(wire.FIRST_ATTEMPT) or str(now_ms).encode()
@@ -264,6 +280,6 @@ def dead_record(
         b"last_attempt": str(last_attempt_ms or now_ms).encode(),
         b"dead_at": str(now_ms).encode(),
     }
-    for field, value in fields.items():
+    for field, value in itertools.islice(fields.items(), wire.MAX_FIELDS):
         record[b"message:" + field] = value
     return record

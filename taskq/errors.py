@@ -87,6 +87,20 @@ class QueueFull(TaskqError):
         )
 
 
+class WrongKeyType(TaskqError):
+    """A key taskq writes to holds a value of another type (WRONGTYPE):
+    something else wrote it, or an operator's command went wrong."""
+
+    def __init__(self, key: str, kind: str, expected: str) -> None:
+        self.key = key
+        self.kind = kind
+        self.expected = expected
+        super().__init__(
+            f"key {key!r} holds a {kind}, not a {expected} (WRONGTYPE), so taskq "
+            "cannot write to it; delete or rename the key"
+        )
+
+
 # -- connection ------------------------------------------------------------
 
 

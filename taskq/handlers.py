@@ -10,6 +10,7 @@ and runs a function under a retry policy.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -215,7 +216,12 @@ class SendOptions:
     ) -> SendOptions:
         options = cls()
         options.key = key
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+        if (
+            isinstance(wait, bool)
+            or not isinstance(wait, (int, float))
+            or math.isnan(wait)
+            or wait < 0
+        ):
             raise _bad_option("wait", f"wait must be seconds >= 0, not {wait!r}")
         options.wait_s = float(wait)
         if delay is not None and eta is not None:
@@ -224,9 +230,13 @@ class SendOptions:
             if (
                 isinstance(delay, bool)
                 or not isinstance(delay, (int, float))
+                or not math.isfinite(delay)
                 or delay < 0
             ):
-                raise _bad_option("delay", f"delay must be seconds >= 0, not {delay!r}")
+                raise _bad_option(
+                    "delay",
+                    f"delay must be a finite number of seconds >= 0, not {delay!r}",
+                )
             options.delay_s = float(delay)
         if eta is not None:
             if not isinstance(eta, datetime):

@@ -115,10 +115,7 @@ class Keeper:
         self._load_scripts()
         for sub in self.subs:
             self.ensure_groups(self.client, sub)
-            until = self.client.hget(
-                self.app.keys.group_config(sub.topic, sub.group), "until_ms"
-            )
-            sub.until_ms = int(until) if until else None
+            sub.until_ms = self._read_until(sub)
         leases = [sub.lease_s for sub in self.subs] or [self.worker.lease_s]
         self.renew_every_s = min(leases) / 3
         self.worker.holdings.stale_after_s = min(leases) * STALE_FRACTION
@@ -128,6 +125,31 @@ class Keeper:
         # Take partitions before the readers start, so a lone worker (or a
         # burst run) reads at once.
         self._own()
+
+    def _read_until(self, sub: Subscription) -> int | None:
+        """The end a replay set for the group (``until_ms``), if any.
+
+        A config key that is not a hash, or an end that is not a number,
+        is reported and ignored: the group then reads everything, as it
+        does without a replay, rather than the worker failing to start.
+        """
+        key = self.app.keys.group_config(sub.topic, sub.group)
+        try:
+            until = self.client.hget(key, "until_ms")
+            return int(until) if until else None
+        except (redis.ResponseError, ValueError) as exc:
+            self.warn_once(
+                "config",
+                key,
+                "Cannot read the settings of group %r of %r from %s (%s); going "
+                "on without them. Delete or repair the key.",
+                sub.group,
+                sub.topic,
+                key,
+                exc,
+                level=logging.ERROR,
+            )
+            return None
 
     def _load_scripts(self) -> None:
         while True:
@@ -507,7 +529,9 @@ class Keeper:
         try:
             pipe = self.client.pipeline(transaction=False)
             for pk in due:
-                self.scripts.move_due(pk, MOVE_BATCH, client=pipe)
+                self.scripts.move_due(
+                    pk, MOVE_BATCH, self.app.dead_letter_max_len, client=pipe
+                )
             results = self.scripts.execute(pipe)
         except (redis.RedisError, OSError) as exc:
             with self._lock:
@@ -521,16 +545,30 @@ class Keeper:
             return
         now = time.monotonic()
         with self._lock:
-            for pk, (moved, next_ms) in zip(due, results, strict=True):
+            for pk, (moved, next_ms, _) in zip(due, results, strict=True):
                 if moved >= MOVE_BATCH:
                     self._timers[pk] = now
                 elif next_ms >= 0:
                     at = now + next_ms / 1000
                     self._timers[pk] = min(at, self._timers.get(pk, at))
-        if any(moved for moved, _ in results):
+        for pk, (_, _, set_aside) in zip(due, results, strict=True):
+            if set_aside:
+                self._set_aside(pk, set_aside)
+        if any(result[0] for result in results):
             # What was moved is new work: a burst worker must read again
             # before it may call itself drained.
             self.worker.holdings.not_idle({pk.topic for pk in due})
+
+    def _set_aside(self, pk: PartitionKeys, count: int) -> None:
+        log.error(
+            "Set aside %d member%s of %s that %s not a valid message "
+            "(invalid_envelope) in %s; the other delayed messages move on.",
+            count,
+            "" if count == 1 else "s",
+            pk.delayed,
+            "is" if count == 1 else "are",
+            pk.dead,
+        )
 
     # -- ordered handlers -----------------------------------------------------------
 

@@ -45,6 +45,12 @@ MISSED = b"missed"
 
 Fields = dict[bytes, bytes]
 
+#: Most fields an entry may have; taskq writes fewer than ten. An entry with
+#: more was written by something else and is set aside unread, and its dead
+#: letter keeps only this many of them: writing the record (whose fields a
+#: Lua script passes to XADD through unpack()) must not fail in turn.
+MAX_FIELDS = 64
+
 
 def attempt_of(fields: Fields, deliveries: int) -> int:
     """The attempt number of an entry delivered ``deliveries`` times.

@@ -148,6 +148,20 @@ def time_position(ms: int) -> str:
     return "0-0" if ms <= 0 else f"{ms - 1}-{MAX_SEQ}"
 
 
+def _refuse_future(app: TaskQ, to: str, target: str) -> None:
+    """A time still to come would make the group skip every entry written
+    until then, which nobody means; Redis's clock decides (it stamps the
+    entry ids)."""
+    seconds, micros = cast(Any, app.redis.time())
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    if _order(target)[0] >= now_ms:
+        raise ConfigurationError(
+            f"{to!r} is in the future (it is {_iso(now_ms)} by Redis's clock): "
+            "the group would skip every entry written until then. Give a time "
+            "that has passed, or 'latest' to skip only what is there now"
+        )
+
+
 def _is_entry_id(value: str) -> bool:
     ms, _, seq = value.partition("-")
     return ms.isdigit() and (seq == "" or seq.isdigit())
@@ -155,6 +169,8 @@ def _is_entry_id(value: str) -> bool:
 
 def plan_reset(app: TaskQ, topic: str, group: str, to: str) -> list[Move]:
     target = parse_position(to)
+    if to not in ("earliest", "latest") and not _is_entry_id(to):
+        _refuse_future(app, to, target)
     moves = []
     for p in range(_partitions(app, topic)):
         pk = app.keys.partition(topic, p)

@@ -220,7 +220,13 @@ class Ownership:
         if pk in self.draining and holdings.running_in(self.sub.group, pk):
             return
         self.draining.discard(pk)
-        owned = scripts.own(pk, self.sub.group, self.member, self.lease_ms)
+        try:
+            owned = scripts.own(pk, self.sub.group, self.member, self.lease_ms)
+        except redis.ResponseError as exc:
+            # The owner key was read without error a moment ago, so it is the
+            # fence counter that is not a number; the other partitions go on.
+            self._broken(pk.fence(self.sub.group), exc)
+            return
         if owned is None:
             return
         token, handed_over = int(owned[0]), bool(owned[1])

@@ -13,9 +13,11 @@ from collections.abc import Iterable, Mapping
 from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
 
+import redis
+
 from taskq import message as wire
 from taskq.connection import CONNECTION_ERRORS, translate_errors, unreachable
-from taskq.errors import PayloadTooLarge, QueueFull, ValidationError
+from taskq.errors import PayloadTooLarge, QueueFull, ValidationError, WrongKeyType
 from taskq.keys import PartitionKeys
 from taskq.partitioning import key_bytes, partition_for
 from taskq.scripts import pack_message
@@ -131,11 +133,14 @@ class Producer:
             raw = key_bytes(key)
             partition = partition_for(raw, partitions)
             command += (wire.KEY, raw)
-        command[1] = self.app.keys.partition(topic, partition).stream
+        stream = command[1] = self.app.keys.partition(topic, partition).stream
         try:
             entry_id = self.app.redis.execute_command(*command)  # type: ignore[no-untyped-call]
         except CONNECTION_ERRORS as exc:
             raise unreachable(self.app.url, exc) from exc
+        except redis.ResponseError as exc:
+            self._refused(exc, [(stream, "stream")])
+            raise
         return wire.message_id(topic, partition, entry_id)
 
     def send_many(
@@ -277,7 +282,11 @@ class Producer:
                             KEY,
                             raw,
                         )
-            results = pipe.execute()
+            try:
+                results = pipe.execute()
+            except redis.ResponseError as exc:
+                self._refused(exc, [(streams[p], "stream") for p in targets])
+                raise
             ids.extend(
                 [
                     prefixes[p] + r.decode()
@@ -316,9 +325,13 @@ class Producer:
             if self.app.max_len(topic):
                 return self._write(out)[0]
             fields = chain.from_iterable(out.fields.items())
-            entry_id = cast(Any, self.app.redis).execute_command(
-                "XADD", out.pk.stream, "*", *fields
-            )
+            try:
+                entry_id = cast(Any, self.app.redis).execute_command(
+                    "XADD", out.pk.stream, "*", *fields
+                )
+            except redis.ResponseError as exc:
+                self._refused(exc, [(out.pk.stream, "stream")])
+                raise
             return wire.message_id(out.pk.topic, out.pk.partition, entry_id)
 
     def _write(self, *batch: Outgoing) -> list[str]:
@@ -365,7 +378,19 @@ class Producer:
                 # its arguments, which costs more than the validation.
                 fields = chain.from_iterable(out.fields.items())
                 command("XADD", out.pk.stream, "*", *fields)
-        results = self.app.scripts.execute(pipe)
+        try:
+            results = self.app.scripts.execute(pipe)
+        except redis.ResponseError as exc:
+            self._refused(
+                exc,
+                [
+                    (out.pk.delayed, "zset")
+                    if out.delayed
+                    else (out.pk.stream, "stream")
+                    for out in batch
+                ],
+            )
+            raise
         ids: list[str | None] = []
         for out, ref, result in zip(batch, refs, results, strict=True):
             if ref is not None:
@@ -375,6 +400,22 @@ class Producer:
             else:
                 ids.append(wire.message_id(out.pk.topic, out.pk.partition, result))
         return ids
+
+    def _refused(
+        self, error: redis.ResponseError, targets: Iterable[tuple[str, str]]
+    ) -> None:
+        """Raise WrongKeyType, naming the key, when a write was refused
+        because one of ``targets`` (key, type it should have) holds another
+        type; return for any other error (the caller re-raises it)."""
+        if "WRONGTYPE" not in str(error):
+            return
+        for key, expected in dict.fromkeys(targets):
+            try:
+                kind = wire.text(cast(Any, self.app.redis.type(key)))
+            except redis.RedisError:
+                continue
+            if kind not in (expected, "none"):
+                raise WrongKeyType(key, kind, expected) from error
 
     def _schedule(self, out: Outgoing, client: Any) -> str:
         # A delayed message gets its entry id only when it becomes due, so

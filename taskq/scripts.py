@@ -233,9 +233,26 @@ class Scripts:
             client,
         )
 
-    def move_due(self, pk: PartitionKeys, limit: int, client: Client = None) -> Any:
-        """Move due messages onto the stream: ``[moved, ms_to_next or -1]``."""
-        return self._call(self._move_due, [pk.delayed, pk.stream], [limit], client)
+    def move_due(
+        self,
+        pk: PartitionKeys,
+        limit: int,
+        dead_max_len: int = 0,
+        client: Client = None,
+    ) -> Any:
+        """Move due messages onto the stream: ``[handled, ms_to_next or -1,
+        set_aside]``.
+
+        A member that is not a valid message is written to the partition's
+        dead-letter stream (kept to ``dead_max_len``, 0: no limit) instead,
+        so it cannot stop the others from moving.
+        """
+        return self._call(
+            self._move_due,
+            [pk.delayed, pk.stream, pk.dead],
+            [limit, int(dead_max_len), pk.topic, pk.partition],
+            client,
+        )
 
     def renew(
         self,

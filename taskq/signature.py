@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,7 +20,19 @@ import pydantic
 from taskq.context import Context
 from taskq.errors import ConfigurationError, ValidationError
 
-_ARG_MODEL_CONFIG = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+# NaN and infinity are not JSON: float arguments refuse them, and one that
+# slips through an ``Any`` is written as a constant that dump() then finds
+# (rather than as the null pydantic writes by default, which would change
+# the argument silently).
+_ARG_MODEL_CONFIG = pydantic.ConfigDict(
+    extra="forbid",
+    arbitrary_types_allowed=True,
+    allow_inf_nan=False,
+    ser_json_inf_nan="constants",
+)
+#: What a payload holds only if it holds a non-finite number (or a string
+#: that contains one of these words, which a parse then tells apart).
+_NON_FINITE_MARKS = (b"NaN", b"Infinity")
 
 
 def _is_context(annotation: Any) -> bool:
@@ -30,6 +43,24 @@ def _is_context(annotation: Any) -> bool:
     return (
         bool(args) and Context in args and all(a in (Context, type(None)) for a in args)
     )
+
+
+def _not_finite(subject: str, name: str) -> ValidationError:
+    return ValidationError(
+        name,
+        [
+            {
+                "loc": (),
+                "msg": "NaN and infinity cannot be sent: they are not JSON",
+                "type": "finite_number",
+            }
+        ],
+        subject=subject,
+    )
+
+
+def _reject_constant(constant: str) -> Any:
+    raise ValueError(constant)
 
 
 def _error_list(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
@@ -133,6 +164,13 @@ class TaskSignature:
     def dump(self, model: pydantic.BaseModel) -> bytes:
         """The JSON payload of validated arguments."""
         payload: bytes = self._to_json(model)
+        if _NON_FINITE_MARKS[0] in payload or _NON_FINITE_MARKS[1] in payload:
+            try:
+                json.loads(payload, parse_constant=_reject_constant)
+            except ValueError:
+                raise _not_finite(
+                    f"arguments for task {self.task_name!r}", self.task_name
+                ) from None
         return payload
 
     @staticmethod
@@ -182,7 +220,13 @@ class EventSignature:
                 "(plus, optionally, one annotated Context)"
             )
         annotation = hints.get(params[0].name, Any)
-        self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(annotation)
+        try:
+            self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
+                annotation, config=_EVENT_CONFIG
+            )
+        except pydantic.PydanticUserError:
+            # A model (or dataclass, TypedDict) brings its own config.
+            self.adapter = pydantic.TypeAdapter(annotation)
 
     def decode(self, payload: bytes) -> Any:
         try:
@@ -193,12 +237,31 @@ class EventSignature:
             ) from None
 
 
+_EVENT_CONFIG = pydantic.ConfigDict(allow_inf_nan=False)
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
 def encode_event(topic: str, event: Any) -> bytes:
-    """JSON-encode a raw event for ``publish``; raise if it cannot be."""
+    """JSON-encode a raw event for ``publish``; raise if it cannot be.
+
+    NaN and infinity are refused: they are not JSON (and a model would write
+    them as null, changing the event).
+    """
     if isinstance(event, pydantic.BaseModel):
+        if _has_non_finite(event.model_dump()):
+            raise _not_finite(f"event for topic {topic!r}", topic)
         return event.model_dump_json().encode()
     try:
-        return json.dumps(event, separators=(",", ":")).encode()
+        return json.dumps(event, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             topic,

@@ -56,6 +56,11 @@ log = logging.getLogger("taskq.worker")
 #: A second SIGTERM or SIGINT stops a worker at once, unless it comes this
 #: soon after the first (then it is the same request, delivered twice), s.
 SIGNAL_GRACE_S = 1.0
+#: After a hard stop, what is left of a shutdown's Redis work (handing
+#: entries back, giving up partitions, leaving the member list) may take
+#: this much longer before the worker exits without it, s: a Redis that
+#: stopped answering would otherwise hold it for a socket timeout per step.
+HARD_STOP_GRACE_S = 2.0
 
 
 def make_worker_id() -> str:
@@ -421,6 +426,34 @@ class Worker:
     # -- stopping ------------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        """Stop and hand back what the worker holds, in a thread of its own,
+        so that a hard stop can leave without the Redis steps left."""
+        errors: list[BaseException] = []
+
+        def steps() -> None:
+            try:
+                self._shut_down()
+            except BaseException as exc:  # raised again by the caller
+                errors.append(exc)
+
+        thread = threading.Thread(target=steps, name="taskq-shutdown", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            if self.hard_stop.wait(0.05):
+                thread.join(HARD_STOP_GRACE_S)
+                if thread.is_alive():
+                    log.warning(
+                        "Worker %s stopped without finishing with Redis (it did "
+                        "not answer within %g s of the hard stop); the entries it "
+                        "held return to their group when their lease runs out.",
+                        self.id,
+                        HARD_STOP_GRACE_S,
+                    )
+                    return
+        if errors:
+            raise errors[0]
+
+    def _shut_down(self) -> None:
         self.stopping.set()
         if self.scheduler is not None:
             self.scheduler.stop()

@@ -16,6 +16,7 @@ from pydantic import Field
 
 import taskq
 from taskq import TaskQ, Worker
+from taskq.scripts import Scripts, pack_message
 from tests.test_worker import dead_letters, pending
 
 
@@ -146,3 +147,106 @@ def test_a_key_of_the_wrong_type_does_not_stop_the_other_partitions(
     with running(Worker(app)):
         until(lambda: len(ran) == 3, timeout=10)
     assert sorted(ran) == [0, 1, 2]
+
+
+def _packed(*parts: bytes) -> bytes:
+    return b"".join(b"%d:%s" % (len(p), p) for p in parts)
+
+
+def test_malformed_delayed_members_are_set_aside_and_the_rest_move(
+    app: TaskQ, running: Any, until: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.topic("jobs", partitions=1)
+    ran: list[int] = []
+
+    @app.task(topic="jobs")
+    def count(n: int) -> None:
+        ran.append(n)
+
+    pk = app.keys.partition("jobs", 0)
+    good = [
+        pack_message(b"g%d" % n, {b"task": b"count", b"payload": b'{"n": %d}' % n})
+        for n in (1, 2)
+    ]
+    bad = [
+        b"garbage",  # no length prefix
+        _packed(b"tag", b"task"),  # an odd number of fields and values
+        _packed(b"tag"),  # no fields at all
+        b"99:short",  # runs past its end
+        _packed(b"tag", *[b"f%d" % i for i in range(9000)]),  # unpack() limit
+    ]
+    # Due at once, ordered so the bad ones sit between the good ones.
+    members = [good[0], *bad, good[1]]
+    app.redis.zadd(pk.delayed, {m: i for i, m in enumerate(members)})
+
+    caplog.set_level(logging.ERROR, logger="taskq")
+    with running(Worker(app)):
+        until(lambda: sorted(ran) == [1, 2], timeout=10)
+        until(lambda: len(dead_letters(app, "jobs")) == len(bad), timeout=10)
+    assert app.redis.zcard(pk.delayed) == 0
+    records = dead_letters(app, "jobs")
+    assert all(r[b"reason"] == b"invalid_envelope" for r in records)
+    assert [r[b"delayed_member"] for r in records] == bad
+    assert all(r[b"topic"] == b"jobs" and r[b"partition"] == b"0" for r in records)
+    errors = [r[b"error"] for r in records]
+    assert b"odd number" in errors[1] and b"no fields" in errors[2]
+    assert b"more than" in errors[4]
+    assert any("Set aside" in r.getMessage() for r in caplog.records)
+
+
+def test_moving_delayed_members_keeps_the_dead_letter_limit(
+    make_app: Any, redis_url: str
+) -> None:
+    app = make_app(redis_url, dead_letter_max_len=5)
+    app.topic("jobs", partitions=1)
+    pk = app.keys.partition("jobs", 0)
+    app.redis.zadd(pk.delayed, {b"bad-%d" % i: 0 for i in range(300)})
+    scripts = Scripts(app.redis)
+    handled, next_ms, set_aside = scripts.move_due(pk, 500, app.dead_letter_max_len)
+    assert (handled, next_ms, set_aside) == (300, -1, 300)
+    # Approximate trimming (MAXLEN ~) keeps about the limit, never all.
+    assert app.redis.xlen(pk.dead) < 300
+
+
+def test_an_entry_with_absurdly_many_fields_is_set_aside(
+    app: TaskQ, running: Any, until: Any
+) -> None:
+    app.topic("jobs", partitions=1)
+    ran: list[int] = []
+
+    @app.task(topic="jobs")
+    def count(n: int) -> None:
+        ran.append(n)
+
+    stream = app.keys.partition("jobs", 0).stream
+    fields: dict[bytes, bytes] = {b"task": b"count", b"payload": b'{"n": 1}'}
+    fields.update({b"f%d" % i: b"v" for i in range(10_000)})
+    [bad] = [app.redis.xadd(stream, fields)]  # type: ignore[arg-type]
+    count.send(n=2)
+    with running(Worker(app)):
+        until(lambda: ran == [2] and dead_letters(app, "jobs"), timeout=10)
+        until(lambda: pending(app, "jobs") == 0, timeout=10)
+    [record] = dead_letters(app, "jobs")
+    assert record[b"reason"] == b"invalid_envelope"
+    assert record[b"source_id"] == bad
+    assert b"10002 fields" in record[b"error"]
+    kept = [f for f in record if f.startswith(b"message:")]
+    assert len(kept) == 64
+    assert record[b"message:task"] == b"count"
+
+
+def test_an_unknown_task_name_is_escaped_once(app: TaskQ) -> None:
+    app.topic("jobs", partitions=1)
+
+    @app.task(topic="jobs")
+    def known() -> None: ...
+
+    stream = app.keys.partition("jobs", 0).stream
+    app.redis.xadd(stream, {"task": b"\xff\xfe", "payload": b"{}"})
+    app.redis.xadd(stream, {"task": "caf\u00e9\n", "payload": b"{}"})
+    Worker(app, burst=True).run(install_signals=False)
+    records = dead_letters(app, "jobs")
+    assert [r[b"reason"] for r in records] == [b"unknown_task"] * 2
+    assert b"no task named '\\xff\\xfe' is registered" in records[0][b"error"]
+    assert "no task named 'café\\n'" in records[1][b"error"].decode()
+    assert records[0][b"task"] == b"\xff\xfe"  # the name itself, unchanged

@@ -108,6 +108,19 @@ def test_send_stats_and_dead_letters(cli: Any) -> None:
     assert "No dead letters." in cli("dlq", "list", APP).output
 
 
+@pytest.mark.parametrize("delay", ["nan", "inf", "-inf", "-1"])
+def test_send_refuses_a_delay_that_is_not_a_time(cli: Any, delay: str) -> None:
+    result = cli("send", APP, "call_api", '{"k": "a", "n": 1}', "--delay", delay)
+    assert result.exit_code == 2
+    assert "--delay" in result.output
+    assert "Traceback" not in result.output
+    app = cli.app
+    for p in range(2):
+        pk = app.keys.partition("calls", p)
+        assert app.redis.xlen(pk.stream) == 0
+        assert app.redis.zcard(pk.delayed) == 0
+
+
 def test_replay_needs_ids_or_all(cli: Any) -> None:
     result = cli("dlq", "replay", APP)
     assert result.exit_code == 2 and "--id" in result.output

@@ -103,6 +103,22 @@ def test_bad_positions_are_clear_errors(events: Any) -> None:
     assert unknown.exit_code == 1 and "does not read" in unknown.output
 
 
+def test_reset_refuses_a_time_in_the_future(events: Any) -> None:
+    app = events.app
+    app.publish("events", 1)
+    Worker(app, burst=True, groups=["audit"]).run(install_signals=False)
+    stream = app.keys.partition("events", 0).stream
+    before = app.redis.xinfo_groups(stream)
+    later = datetime.fromtimestamp(time.time() + 3600, UTC).isoformat()
+    refused = reset("audit", later, "--yes")
+    assert refused.exit_code == 1
+    assert "in the future" in refused.output and "Traceback" not in refused.output
+    assert app.redis.xinfo_groups(stream) == before
+    # A time just past is still fine.
+    past = datetime.fromtimestamp(time.time() - 1, UTC).isoformat()
+    assert reset("audit", past, "--yes").exit_code == 0
+
+
 def test_replay_a_time_range_into_a_new_group(events: Any) -> None:
     app = events.app
     start = datetime.now(UTC).isoformat()

@@ -187,6 +187,69 @@ def test_delayed_send_options_are_checked(app: TaskQ) -> None:
     assert _lengths(app, "later") == [0, 0, 0, 0]
 
 
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["nan", "inf", "-inf"])
+def test_nan_and_infinity_are_refused_before_anything_is_written(
+    app: TaskQ, value: float
+) -> None:
+    class Reading(BaseModel):
+        level: float
+        extra: Any = None
+
+    app.topic("numbers", partitions=1)
+
+    @app.task(topic="numbers")
+    def scale(factor: float, labels: dict[str, Any] | None = None) -> None: ...
+
+    for call in (
+        lambda: scale.send(factor=value),
+        lambda: scale.send(factor=1.0, labels={"x": [value]}),
+        lambda: scale.send_many([{"factor": 1.0}, {"factor": value}]),
+        lambda: scale.options(key="k").send(factor=value),
+        lambda: app.publish("readings", {"level": value}),
+        lambda: app.publish("readings", Reading(level=1.0, extra={"x": value})),
+    ):
+        with pytest.raises(taskq.ValidationError, match=r"finite|JSON"):
+            call()
+    for delay in (value, float("nan")):
+        with pytest.raises(taskq.ValidationError, match="finite number of seconds"):
+            scale.options(delay=delay).send(factor=1.0)
+    with pytest.raises(taskq.ValidationError, match="wait"):
+        scale.options(wait=float("nan")).send(factor=1.0)
+    assert _lengths(app, "numbers") == [0]
+    assert app.redis.zcard(app.keys.partition("numbers", 0).delayed) == 0
+    assert sum(_lengths(app, "readings")) == 0
+    # Strings that merely look like the constants are fine.
+    scale.send(factor=1.5, labels={"NaN": "Infinity"})
+    assert _lengths(app, "numbers") == [1]
+
+
+def test_a_stream_key_of_the_wrong_type_is_a_clear_error(app: TaskQ) -> None:
+    app.topic("jobs", partitions=1)
+
+    @app.task(topic="jobs")
+    def job(n: int) -> None: ...
+
+    app.topic("events", partitions=1)
+    pk = app.keys.partition("jobs", 0)
+    events = app.keys.partition("events", 0).stream
+    app.redis.set(pk.stream, "not a stream")
+    app.redis.set(events, "not a stream")
+    app.redis.rpush(pk.delayed, "not a sorted set")
+    for call, key in (
+        (lambda: job.send(1), pk.stream),
+        (lambda: job.send_many([{"n": 1}, {"n": 2}]), pk.stream),
+        (lambda: app.publish("events", {"n": 1}), events),
+    ):
+        with pytest.raises(taskq.WrongKeyType, match=key) as caught:
+            call()
+        assert "string, not a stream" in str(caught.value)
+    with pytest.raises(taskq.WrongKeyType, match=pk.delayed):
+        job.options(delay=5).send(1)
+
+
 def test_topic_partition_count_is_stored_and_checked(app: TaskQ, make_app: Any) -> None:
     app.topic("orders", partitions=8)
     assert app.partitions("orders") == 8

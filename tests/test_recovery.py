@@ -173,6 +173,55 @@ def test_losing_the_group_mid_task_is_one_warning(
     assert len(acks) == 1 and stream in acks[0], _warnings(caplog)
 
 
+# -- keys of the wrong type at start ---------------------------------------------
+
+
+def test_keys_of_the_wrong_type_do_not_stop_a_worker_starting(
+    redis_app: TaskQ, running: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = redis_app
+    app.topic("plain", partitions=1)
+    app.topic("ordered", partitions=4)
+    ran: list[str] = []
+
+    @app.task(topic="plain")
+    def plain(n: int) -> None:
+        ran.append(f"plain-{n}")
+
+    @app.task(topic="ordered", key="key", ordered=True)
+    def ordered(key: str, n: int) -> None:
+        ran.append(f"{key}-{n}")
+
+    group = app.task_group
+    keys = app.keys
+    app.redis.set(keys.group_config("plain", group), "not a hash")
+    app.redis.hset(keys.group_config("ordered", group), "until_ms", "soon")
+    app.redis.set(keys.members("ordered", group), "not a sorted set")
+    broken = [keys.partition("ordered", p) for p in range(3)]
+    app.redis.rpush(broken[0].fence(group), "not a counter")
+    app.redis.set(broken[1].fence(group), "not a number")
+    app.redis.rpush(broken[2].owner(group), "not a lease")
+    by_partition = {taskq.partition_for(k, 4): k for k in "abcdefghijklmnop"}
+    plain.send(1)
+    ordered.send(by_partition[3], 1)
+
+    caplog.set_level(logging.WARNING, logger="taskq")
+    with running(Worker(app)):
+        wait_for(lambda: sorted(ran) == sorted(["plain-1", f"{by_partition[3]}-1"]))
+    errors = "\n".join(
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+    )
+    for key in (
+        keys.group_config("plain", group),
+        keys.group_config("ordered", group),
+        keys.members("ordered", group),
+        broken[0].fence(group),
+        broken[1].fence(group),
+        broken[2].owner(group),
+    ):
+        assert key in errors, key
+
+
 # -- Redis restarts ---------------------------------------------------------------
 
 
@@ -253,6 +302,46 @@ def test_a_producer_facing_a_dead_redis_fails_in_bounded_time(make_app: Any) -> 
         assert time.monotonic() - started < 5
     finally:
         silent.close()
+
+
+def test_a_second_signal_stops_a_worker_whose_redis_hangs(
+    tmp_path: Any, namespace: str
+) -> None:
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    assert server.process is not None
+    import tests.apps.counter as counter
+
+    app = bind_app(counter.app, server.url, namespace)
+    starts = f"{namespace}:test:starts"
+    worker = worker_process("tests.apps.counter:app", server.url, namespace, "-c", "2")
+    stopped = False
+    try:
+        counter.record.send_many(
+            [{"key": f"k{n}", "n": n, "sleep": 60} for n in range(2)]
+        )
+        wait_for(lambda: app.redis.llen(starts) == 2, timeout=20)
+        server.process.send_signal(signal.SIGSTOP)
+        stopped = True
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # past the grace for a signal delivered twice
+        worker.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        output = worker.communicate(timeout=30)[0].decode()
+        assert time.monotonic() - signalled < 6.0, output
+        assert worker.returncode == 0, output
+        assert "lease runs out" in output
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if stopped:
+            server.process.send_signal(signal.SIGCONT)
+        app.close()
+        server.stop()
 
 
 # -- leases ----------------------------------------------------------------------

@@ -14,13 +14,20 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+import redis
 
 from taskq import TaskQ
 from taskq.digest import window_sizes
 from taskq.partitioning import partition_for
 from taskq.scheduler import Scheduler
 from tests.scheduling import ticks
-from tests.support import ROOT, wait_for, worker_process
+from tests.support import (
+    ROOT,
+    RedisServer,
+    find_redis_server,
+    wait_for,
+    worker_process,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -47,6 +54,36 @@ def beat_process(url: str, namespace: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def test_beat_waits_for_redis_to_come_up(tmp_path: Any, namespace: str) -> None:
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(binary, tmp_path)  # not started yet
+    beat = beat_process(server.url, namespace)
+    try:
+        time.sleep(2.0)
+        assert beat.poll() is None, beat.communicate()[0].decode()
+        server.start()
+        client = redis.Redis(port=server.port)
+        try:
+            wait_for(
+                lambda: client.keys(f"{namespace}:*"),
+                timeout=15,
+                what="the scheduler to write its first run",
+            )
+        finally:
+            client.close()
+        beat.send_signal(signal.SIGTERM)
+        output = beat.communicate(timeout=15)[0].decode()
+        assert beat.returncode == 0, output
+        assert "Traceback" not in output
+    finally:
+        if beat.poll() is None:
+            beat.kill()
+            beat.wait()
+        server.stop()
 
 
 @pytest.mark.slow

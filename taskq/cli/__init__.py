@@ -12,12 +12,15 @@ import logging
 import logging.config
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from taskq.app import TaskQ
+from taskq.connection import Outage
+from taskq.errors import ConnectionError as TaskqConnectionError
 from taskq.errors import TaskqError
 
 LOG_FORMAT = (
@@ -33,6 +36,23 @@ def setup_logging(level: str, config_file: str | None = None) -> None:
         logging.config.dictConfig(data)
         return
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+
+def wait_for_redis(app: TaskQ) -> None:
+    """Wait (with backoff) until Redis answers: a worker or scheduler may
+    well start before its Redis does. SIGINT gives up (SIGTERM, not yet
+    handled here, ends the process)."""
+    outage = Outage(app.url, logging.getLogger("taskq.cli"))
+    try:
+        while True:
+            try:
+                app.ping()
+                outage.recovered()
+                return
+            except TaskqConnectionError as exc:
+                time.sleep(outage.failed(exc))
+    except KeyboardInterrupt:
+        raise click.Abort() from None
 
 
 def load_app(path: str) -> TaskQ:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import click
@@ -24,6 +25,13 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> Any:
+    # FloatRange lets "nan" and "inf" through: neither is a time.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number of seconds, not {value}")
+    return value
+
+
 @click.command()
 @click.argument("app")
 @click.argument("task")
@@ -32,6 +40,7 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 @click.option(
     "--delay",
     type=click.FloatRange(min=0),
+    callback=_finite,
     help="Run no sooner than this many seconds from now.",
 )
 def send(

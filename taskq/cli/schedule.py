@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from taskq.cli import LOG_LEVELS, load_app, setup_logging
+from taskq.cli import LOG_LEVELS, load_app, setup_logging, wait_for_redis
 from taskq.cli.ops import table
 from taskq.cron import from_ms
 from taskq.digest import DigestSchedule, window_sizes
@@ -30,7 +30,7 @@ def beat(app: str, log_level: str, log_config: str | None) -> None:
     SIGTERM or SIGINT stops it."""
     setup_logging(log_level, log_config)
     the_app = load_app(app)
-    the_app.ping()
+    wait_for_redis(the_app)
     sys.exit(Scheduler(the_app).run())
 
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from typing import Any
 
 import click
 
 from taskq import defaults
-from taskq.app import TaskQ
-from taskq.cli import LOG_LEVELS, load_app, setup_logging
-from taskq.connection import Outage, is_memory
-from taskq.errors import ConnectionError as TaskqConnectionError
+from taskq.cli import LOG_LEVELS, load_app, setup_logging, wait_for_redis
+from taskq.connection import is_memory
 
 
 class PrefetchType(click.ParamType):  # type: ignore[type-arg]
@@ -147,10 +144,7 @@ def worker(
             "processes.",
             the_app.url,
         )
-    try:
-        _wait_for_redis(the_app)
-    except KeyboardInterrupt:
-        raise click.Abort() from None
+    wait_for_redis(the_app)
     instance = Worker(
         the_app,
         concurrency=concurrency,
@@ -170,20 +164,6 @@ def worker(
         argv = _child_args(sys.argv[1:])
         os.execv(argv[0], argv)
     sys.exit(code)
-
-
-def _wait_for_redis(app: TaskQ) -> None:
-    """Wait (with backoff) until Redis answers: a worker may well start
-    before its Redis does. SIGTERM or SIGINT gives up."""
-    log = logging.getLogger("taskq.cli")
-    outage = Outage(app.url, log)
-    while True:
-        try:
-            app.ping()
-            outage.recovered()
-            return
-        except TaskqConnectionError as exc:
-            time.sleep(outage.failed(exc))
 
 
 def _child_args(argv: list[str]) -> list[str]:

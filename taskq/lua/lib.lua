@@ -18,6 +18,40 @@ local function unpack_message(packed)
   return parts
 end
 
+-- Like unpack_message, but never raises: returns the fields, or nil and
+-- why `packed` is not a message taskq could have written (a member added
+-- by another tool, or damaged). At most `max_values` fields and values are
+-- accepted, so that unpack() on them stays within Lua's stack.
+local function parse_message(packed, max_values)
+  local parts = {}
+  local pos = 1
+  local size = #packed
+  while pos <= size do
+    local colon = string.find(packed, ':', pos, true)
+    local digits = colon and string.sub(packed, pos, colon - 1)
+    if not digits or not string.match(digits, '^%d+$') then
+      return nil, 'part ' .. (#parts + 1) .. ' has no "<length>:" prefix'
+    end
+    local len = tonumber(digits)
+    if colon + len > size then
+      return nil, 'part ' .. (#parts + 1) .. ' runs past the end of the member'
+    end
+    if #parts > max_values then
+      return nil, 'it has more than ' .. max_values .. ' fields and values'
+    end
+    parts[#parts + 1] = string.sub(packed, colon + 1, colon + len)
+    pos = colon + len + 1
+  end
+  table.remove(parts, 1)
+  if #parts == 0 then
+    return nil, 'it has no fields'
+  end
+  if #parts % 2 == 1 then
+    return nil, 'it has an odd number of fields and values (' .. #parts .. ')'
+  end
+  return parts
+end
+
 -- The server's clock in milliseconds since the epoch.
 local function now_ms()
   local now = redis.call('TIME')
