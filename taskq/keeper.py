@@ -7,7 +7,7 @@ Every few moments the keeper:
 * reclaims entries that other members held for longer than the lease
   (their worker died or stalled), with their delivery counts;
 * moves delayed messages (retries, ``delay=``/``eta=``) onto their streams
-  when due;
+  when due (``delayed.py``);
 * heartbeats, trims the streams and forgets consumers that left.
 
 It also repairs what it finds broken: a missing consumer group is created
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from taskq.connection import CONNECTION_ERRORS
+from taskq.delayed import DELAYED_POLL_S, DelayedMover
 from taskq.delivery import WAITING, Delivery, Subscription
 from taskq.holdings import STALE_FRACTION
 from taskq.keys import PartitionKeys
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskq.keeper")
 
-#: How often the delayed sets are looked at for messages added by others, s.
-DELAYED_POLL_S = 1.0
 #: How often a worker says it is alive, s; its record expires after 6 times.
 HEARTBEAT_S = 10.0
 #: How often streams are trimmed and departed consumers forgotten, s.
@@ -57,8 +56,6 @@ RECLAIM_MAX_S = 10.0
 RECLAIM_SLACK_S = 0.01
 #: Entries taken over in one reclaim call.
 RECLAIM_BATCH = 100
-#: Messages moved from a delayed set in one call.
-MOVE_BATCH = 500
 #: At most one warning of a kind per stream in this many seconds.
 WARN_EVERY_S = 60.0
 #: Partitions skipped because their key has the wrong type are looked at
@@ -79,13 +76,10 @@ class Keeper:
         self.scripts = Scripts(self.client)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._timers: dict[PartitionKeys, float] = {}
+        self.delayed = DelayedMover(self)
         self._cursors: dict[tuple[str, PartitionKeys], bytes] = {}
         self._warned: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
-        #: The server's clock minus this process's, in ms (from TIME at each
-        #: heartbeat): due times in the delayed sets are the server's.
-        self._clock_offset_ms = 0.0
         self._beats = 0
         #: Ordered deliveries waiting out a retry delay: (due, seq, delivery).
         self._reruns: list[tuple[float, int, Delivery]] = []
@@ -108,7 +102,7 @@ class Keeper:
         return self.worker.subscriptions
 
     def prepare(self) -> None:
-        self._partitions = sorted(
+        self.partitions = sorted(
             {pk for sub in self.subs for pk in sub.partitions},
             key=lambda pk: (pk.topic, pk.partition),
         )
@@ -204,7 +198,7 @@ class Keeper:
         if self.worker.ownerships:
             jobs["own"] = (self._own, self.own_every_s)
         jobs["renew"] = (self._renew, self.renew_every_s)
-        jobs["delayed"] = (self._poll_delayed, DELAYED_POLL_S)
+        jobs["delayed"] = (self.delayed.poll, DELAYED_POLL_S)
         jobs["reclaim"] = (self._reclaim, self.reclaim_every_s)
         jobs["heartbeat"] = (self._heartbeat, HEARTBEAT_S)
         jobs["maintain"] = (self._maintain, MAINTAIN_S)
@@ -216,11 +210,11 @@ class Keeper:
                 if now >= self._next_run[name]:
                     self._next_run[name] = now + every
                     self._run_job(name, job)
-            self._move_timed()
+            self.delayed.move()
             self._run_due()
             wake_at = min(
                 [self._next_run[name] for name in jobs]
-                + list(self._timers.values())
+                + [self.delayed.next_at()]
                 + [due for due, _, _ in self._reruns[:1]]
             )
             self._wake.wait(max(0.0, wake_at - time.monotonic()))
@@ -244,6 +238,10 @@ class Keeper:
                 )
         except Exception:
             log.exception("Housekeeping step %r failed.", name)
+
+    def wake(self) -> None:
+        """Look at the timers now (a delayed message is due sooner)."""
+        self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -487,89 +485,6 @@ class Keeper:
             self._warned[(kind, subject)] = now
         log.log(level, msg, *args)
 
-    # -- delayed messages ---------------------------------------------------------
-
-    def wake_delayed(self, pk: PartitionKeys, delay_ms: int) -> None:
-        """A message in ``pk``'s delayed set is due in ``delay_ms``."""
-        due = time.monotonic() + delay_ms / 1000
-        with self._lock:
-            if due < self._timers.get(pk, float("inf")):
-                self._timers[pk] = due
-        self._wake.set()
-
-    def delayed_due(self) -> bool:
-        now = time.monotonic()
-        return any(due <= now for due in self._timers.values())
-
-    def _poll_delayed(self) -> None:
-        # One ZRANGE per partition and second: this is most of what an idle
-        # worker sends, so it is kept to the head of each set.
-        if not self._partitions:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for pk in self._partitions:
-            pipe.zrange(pk.delayed, 0, 0, withscores=True)
-        heads = pipe.execute()
-        server_ms = time.time() * 1000 + self._clock_offset_ms
-        now = time.monotonic()
-        with self._lock:
-            for pk, head in zip(self._partitions, heads, strict=True):
-                if head:
-                    due = now + max(0.0, (head[0][1] - server_ms) / 1000)
-                    self._timers[pk] = min(due, self._timers.get(pk, due))
-
-    def _move_timed(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            due = [pk for pk, at in self._timers.items() if at <= now]
-            for pk in due:
-                del self._timers[pk]
-        if not due:
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for pk in due:
-                self.scripts.move_due(
-                    pk, MOVE_BATCH, self.app.dead_letter_max_len, client=pipe
-                )
-            results = self.scripts.execute(pipe)
-        except (redis.RedisError, OSError) as exc:
-            with self._lock:
-                retry_at = time.monotonic() + 1.0
-                for pk in due:
-                    self._timers[pk] = min(retry_at, self._timers.get(pk, retry_at))
-            if isinstance(exc, CONNECTION_ERRORS):
-                self.worker.outage.failed(exc)
-            else:
-                self.warn_once("delayed", "", "Moving delayed messages failed: %s", exc)
-            return
-        now = time.monotonic()
-        with self._lock:
-            for pk, (moved, next_ms, _) in zip(due, results, strict=True):
-                if moved >= MOVE_BATCH:
-                    self._timers[pk] = now
-                elif next_ms >= 0:
-                    at = now + next_ms / 1000
-                    self._timers[pk] = min(at, self._timers.get(pk, at))
-        for pk, (_, _, set_aside) in zip(due, results, strict=True):
-            if set_aside:
-                self._set_aside(pk, set_aside)
-        if any(result[0] for result in results):
-            # What was moved is new work: a burst worker must read again
-            # before it may call itself drained.
-            self.worker.holdings.not_idle({pk.topic for pk in due})
-
-    def _set_aside(self, pk: PartitionKeys, count: int) -> None:
-        log.error(
-            "Set aside %d member%s of %s that %s not a valid message "
-            "(invalid_envelope) in %s; the other delayed messages move on.",
-            count,
-            "" if count == 1 else "s",
-            pk.delayed,
-            "is" if count == 1 else "are",
-            pk.dead,
-        )
-
     # -- ordered handlers -----------------------------------------------------------
 
     def _own(self) -> None:
@@ -671,7 +586,7 @@ class Keeper:
             before_ms = time.time() * 1000
             server_time = self.client.time()
             local_ms = (time.time() * 1000 + before_ms) / 2
-            self._clock_offset_ms = (
+            self.delayed.clock_offset_ms = (
                 server_time[0] * 1000 + server_time[1] / 1000 - local_ms
             )
 
@@ -700,7 +615,7 @@ class Keeper:
             max(FORGET_CONSUMER_S, 4 * max(s.lease_s for s in self.subs)) * 1000
         )
         pipe = self.client.pipeline(transaction=False)
-        for pk in self._partitions:
+        for pk in self.partitions:
             config = self.app.topics.get(pk.topic)
             retention_s = config.retention_s if config else None
             self.scripts.trim(pk, int((retention_s or 0) * 1000), client=pipe)
@@ -708,6 +623,6 @@ class Keeper:
             for pk in sub.partitions:
                 self.scripts.forget_consumers(pk, sub.group, idle_ms, client=pipe)
         results = self.scripts.execute(pipe, raise_on_error=False)
-        trimmed = sum(r for r in results[: len(self._partitions)] if isinstance(r, int))
+        trimmed = sum(r for r in results[: len(self.partitions)] if isinstance(r, int))
         if trimmed:
             log.debug("Trimmed %d entries that every group is done with.", trimmed)

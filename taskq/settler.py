@@ -195,7 +195,7 @@ class Settler:
             return
         if kind is Settle.RETRY:
             worker.stats["retried"] += 1
-            worker.keeper.wake_delayed(delivery.pk, outcome.delay_ms)
+            worker.keeper.delayed.wake(delivery.pk, outcome.delay_ms)
             worker.holdings.settled([delivery])
         elif kind is Settle.RETRY_IN_PLACE:
             worker.stats["retried"] += 1

@@ -259,7 +259,7 @@ class Worker:
         return (
             idle == self._reader_count
             and holdings.empty()
-            and not self.keeper.delayed_due()
+            and not self.keeper.delayed.due()
         )
 
     # -- reading -------------------------------------------------------------------
