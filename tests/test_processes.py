@@ -91,7 +91,16 @@ def test_processes_are_supervised(counter: Any, redis_url: str, namespace: str) 
         )
         wait_for(lambda: app.redis.hlen(counter.RUNS) == 300, timeout=60)
         parent.send_signal(signal.SIGTERM)
-        output, _ = parent.communicate(timeout=30)
+        try:
+            output, _ = parent.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            for child in _children(parent.pid):
+                os.kill(child, signal.SIGKILL)
+            parent.kill()
+            output, _ = parent.communicate()
+            raise AssertionError(
+                "the workers did not stop:\n" + output.decode()
+            ) from None
         assert parent.returncode == 0, output.decode()
         assert "starting another" in output.decode()
         time.sleep(0.1)
@@ -100,6 +109,8 @@ def test_processes_are_supervised(counter: Any, redis_url: str, namespace: str) 
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+        if parent.stdout:
+            parent.stdout.close()
 
 
 def _children(pid: int) -> list[int]:
