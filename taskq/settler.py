@@ -171,7 +171,7 @@ class Settler:
             worker.fence_failed(deliveries[0])
         elif isinstance(result, Exception) or result < len(deliveries):
             worker.keeper.ack_missed(pk.stream, group, len(deliveries), result)
-        worker.stats["acked"] += len(deliveries)
+        worker.count("acked", deliveries[0].sub, len(deliveries))
         worker.holdings.settled(deliveries)
 
     def _after_call(self, outcome: Outcome, result: Any) -> None:
@@ -194,12 +194,12 @@ class Settler:
             worker.holdings.settled([delivery])
             return
         if kind is Settle.RETRY:
-            worker.stats["retried"] += 1
+            worker.count("retried", delivery.sub)
             worker.keeper.delayed.wake(delivery.pk, outcome.delay_ms)
             worker.holdings.settled([delivery])
         elif kind is Settle.RETRY_IN_PLACE:
-            worker.stats["retried"] += 1
+            worker.count("retried", delivery.sub)
             worker.retry_later(delivery, outcome.delay_ms)
         else:
-            worker.stats["dead"] += 1
+            worker.count("dead", delivery.sub)
             worker.holdings.settled([delivery])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -24,10 +25,20 @@ PR_SET_PDEATHSIG = 1
 RESTART_PAUSE_S = 1.0
 
 
-def _start(argv: list[str]) -> subprocess.Popen[bytes]:
+#: Tells a child its place among the supervisor's children (0, 1, ...):
+#: with ``--metrics-port P``, child i serves its metrics on port P + i.
+INDEX_ENV = "TASKQ_WORKER_INDEX"
+
+
+def _start(argv: list[str], index: int) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C in a terminal reaches the supervisor,
     # which passes it on once, not every child at the same time.
-    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent)
+    return subprocess.Popen(
+        argv,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        env={**os.environ, INDEX_ENV: str(index)},
+    )
 
 
 def _die_with_parent() -> None:
@@ -41,7 +52,7 @@ def _die_with_parent() -> None:
 
 
 def supervise(count: int, argv: list[str]) -> int:
-    children: list[subprocess.Popen[bytes]] = [_start(argv) for _ in range(count)]
+    children = [_start(argv, n) for n in range(count)]
     started = [time.monotonic()] * count
     stopping = False
 
@@ -82,7 +93,7 @@ def supervise(count: int, argv: list[str]) -> int:
                 if stopping:  # told to stop during the pause
                     settled.add(n)
                     continue
-            children[n] = _start(argv)
+            children[n] = _start(argv, n)
             started[n] = time.monotonic()
             alive = True
         if not alive:

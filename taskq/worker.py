@@ -136,6 +136,8 @@ class Worker:
         #: partition count changed); ``taskq worker`` then starts anew.
         self.restart_needed = False
         self.stats = collections.Counter[str]()
+        #: (outcome, topic, group) -> messages settled so (for metrics).
+        self.outcomes = collections.Counter[tuple[str, str, str]]()
 
     def __repr__(self) -> str:
         return f"<Worker {self.id}>"
@@ -220,6 +222,15 @@ class Worker:
         if self.stopping.is_set() or not graceful:
             self.hard_stop.set()
         self.stopping.set()
+
+    def count(self, outcome: str, sub: Subscription, n: int = 1) -> None:
+        """``n`` messages of ``sub`` were settled with ``outcome``."""
+        self.stats[outcome] += n
+        self.outcomes[(outcome, sub.topic, sub.group)] += n
+
+    def running_now(self) -> list[Delivery]:
+        """The deliveries whose handlers run now."""
+        return list(self._running.values())
 
     def restart(self) -> None:
         """Stop gracefully, to be started again (see ``restart_needed``)."""

@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from taskq import defaults
 from taskq.cli import LOG_LEVELS, load_app, setup_logging, wait_for_redis
 from taskq.connection import is_memory
+from taskq.supervisor import INDEX_ENV
+
+if TYPE_CHECKING:
+    from taskq.metrics import MetricsServer
+    from taskq.worker import Worker
 
 
 class PrefetchType(click.ParamType):  # type: ignore[type-arg]
@@ -101,6 +106,19 @@ def _split(values: tuple[str, ...]) -> list[str] | None:
     help="Also run a scheduler: periodic jobs and digest windows (any number may).",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (/metrics); with --processes N, "
+    "process i uses this port + i.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics are served on.",
+)
+@click.option(
     "--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True
 )
 @click.option(
@@ -119,6 +137,8 @@ def worker(
     shutdown_timeout: float,
     burst: bool,
     beat: bool,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
     log_config: str | None,
 ) -> None:
@@ -156,7 +176,12 @@ def worker(
         groups=_split(groups),
         topics=_split(topics),
     )
-    code = instance.run()
+    server = _metrics_server(instance, metrics_host, metrics_port)
+    try:
+        code = instance.run()
+    finally:
+        if server is not None:
+            server.stop()
     if instance.restart_needed:
         # A fresh process: every part of the worker is built for the new
         # partition counts (under --processes, the child keeps its pid).
@@ -164,6 +189,25 @@ def worker(
         argv = _child_args(sys.argv[1:])
         os.execv(argv[0], argv)
     sys.exit(code)
+
+
+def _metrics_server(
+    instance: Worker, host: str, port: int | None
+) -> MetricsServer | None:
+    if port is None:
+        return None
+    from taskq.metrics import MetricsServer
+
+    if port:
+        port += int(os.environ.get(INDEX_ENV, "0"))
+    try:
+        server = MetricsServer(instance, host, port)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    server.start()
+    return server
 
 
 def _child_args(argv: list[str]) -> list[str]:
