@@ -573,7 +573,7 @@ class Keeper:
                 keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000)
             )
         self._beats += 1
-        topics = sorted({sub.topic for sub in self.subs})
+        topics = sorted({sub.topic for sub in self.subs}) if housekeeping else []
         if topics:
             pipe.hmget(keys.topics, topics)
         results = pipe.execute()

@@ -314,8 +314,8 @@ def set_partitions(app: TaskQ, topic: str, count: int, *, force: bool) -> str:
     app.forget_partitions()
     return (
         f"topic {topic!r} now has {count} partitions (was {current}); running "
-        "workers restart to serve them, and producers use the new count within "
-        f"{defaults.PARTITIONS_REFRESH_S:g} s"
+        "workers restart to serve them within 30 s, and producers use the new "
+        f"count within {defaults.PARTITIONS_REFRESH_S:g} s"
     )
 
 

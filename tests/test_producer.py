@@ -107,16 +107,18 @@ def test_send_many_is_one_round_trip_per_batch(app: TaskQ, monkeypatch: Any) -> 
     @app.task(topic="bulk")
     def job(n: int) -> None: ...
 
+    import taskq.producer
+
     app.partitions("bulk")
     executions = []
-    pipeline_class = type(app.redis.pipeline())
-    original = pipeline_class.execute
+    for name in ("_pipelined", "_on_one_connection"):
+        original = getattr(taskq.producer, name)
 
-    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        executions.append(len(self))
-        return original(self, *args, **kwargs)
+        def counting(client: Any, commands: Any, original: Any = original) -> Any:
+            executions.append(len(commands))
+            return original(client, commands)
 
-    monkeypatch.setattr(pipeline_class, "execute", counting)
+        monkeypatch.setattr(taskq.producer, name, counting)
     ids = job.send_many([{"n": n} for n in range(2500)] + [(n,) for n in range(10)])
     assert len(ids) == len(set(ids)) == 2510
     assert executions == [1000, 1000, 510]
