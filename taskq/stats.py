@@ -62,6 +62,22 @@ class WorkerStats:
 
 
 @dataclass
+class ScheduleStats:
+    name: str
+    #: "periodic" or "digest".
+    kind: str
+    cron: str
+    tz: str
+    catchup: str
+    #: The last tick that ran and the next one, ISO 8601 in the job's zone.
+    last: str | None
+    next: str
+    #: Digests: events in the open window, and in batches not yet done.
+    open_events: int | None = None
+    batched_events: int | None = None
+
+
+@dataclass
 class Stats:
     partitions: list[PartitionStats]
     workers: list[WorkerStats]
@@ -180,3 +196,32 @@ def _s(value: Any) -> str:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
+
+
+def schedules(app: TaskQ) -> list[ScheduleStats]:
+    """The app's periodic jobs and digests, with their last and next tick."""
+    from taskq.cron import from_ms
+    from taskq.digest import DigestSchedule, window_sizes
+    from taskq.scheduler import Scheduler
+
+    if not app.schedules:
+        return []
+    scheduler = Scheduler(app)
+    now = from_ms(int(app.clock.now() * 1000))
+    rows = []
+    for name, item in sorted(app.schedules.items()):
+        cron = item.cron
+        last = scheduler.last_tick(name)
+        row = ScheduleStats(
+            name=name,
+            kind=item.kind,
+            cron=cron.expression,
+            tz=cron.tz_name,
+            catchup=item.catchup,
+            last=last.astimezone(cron.tz).isoformat() if last else None,
+            next=cron.next_after(last or now).astimezone(cron.tz).isoformat(),
+        )
+        if isinstance(item, DigestSchedule):
+            row.open_events, row.batched_events = window_sizes(app, item.digest)
+        rows.append(row)
+    return rows

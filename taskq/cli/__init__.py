@@ -122,6 +122,7 @@ def register_commands() -> None:
     main.add_command(ops.send)
     main.add_command(ops.stats)
     main.add_command(ops.dlq)
+    main.add_command(ops.dashboard)
     main.add_command(demo.demo)
 
 

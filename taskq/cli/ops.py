@@ -264,3 +264,32 @@ def dlq_purge(app: str, topic: str | None, reason: str | None, yes: bool) -> Non
     if not yes:
         click.confirm(f"Delete {what}?", abort=True)
     click.echo(f"Deleted {deadletters.purge(the_app, topic, reason)} dead letter(s).")
+
+
+@click.command()
+@click.argument("app")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True
+)
+def dashboard(app: str, host: str, port: int) -> None:
+    """Serve a web dashboard of APP: partitions, groups, workers, periodic
+    jobs and digests (read-only; no login, so keep it on loopback or behind
+    a proxy that checks who asks)."""
+    from taskq.dashboard import DashboardServer
+
+    the_app = load_app(app)
+    the_app.ping()
+    try:
+        server = DashboardServer(the_app, host, port)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    click.echo(f"taskq dashboard at {server.url} (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

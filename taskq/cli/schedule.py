@@ -10,8 +10,9 @@ import click
 from taskq.cli import LOG_LEVELS, load_app, setup_logging, wait_for_redis
 from taskq.cli.ops import table
 from taskq.cron import from_ms
-from taskq.digest import DigestSchedule, window_sizes
+from taskq.digest import DigestSchedule
 from taskq.scheduler import Scheduler
+from taskq.stats import schedules
 
 
 @click.command()
@@ -50,29 +51,21 @@ def schedule_list(app: str) -> None:
     if not the_app.schedules:
         click.echo("No periodic jobs or digests.")
         return
-    scheduler = Scheduler(the_app)
-    now = from_ms(int(the_app.clock.now() * 1000))
-    rows = []
-    for name, item in sorted(the_app.schedules.items()):
-        cron = item.cron
-        last = scheduler.last_tick(name)
-        upcoming = cron.next_after(last or now)
-        window = "-"
-        if isinstance(item, DigestSchedule):
-            open_events, sealed = window_sizes(the_app, item.digest)
-            window = f"{open_events} open, {sealed} in batches"
-        rows.append(
-            [
-                name,
-                item.kind,
-                cron.expression,
-                cron.tz_name,
-                item.catchup,
-                last.astimezone(cron.tz).isoformat() if last else "-",
-                upcoming.astimezone(cron.tz).isoformat(),
-                window,
-            ]
-        )
+    rows = [
+        [
+            row.name,
+            row.kind,
+            row.cron,
+            row.tz,
+            row.catchup,
+            row.last or "-",
+            row.next,
+            "-"
+            if row.open_events is None
+            else f"{row.open_events} open, {row.batched_events} in batches",
+        ]
+        for row in schedules(the_app)
+    ]
     click.echo(
         table(rows, ["name", "kind", "cron", "tz", "catchup", "last", "next", "events"])
     )
