@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from taskq import defaults
 from taskq.clock import Clock, SystemClock
 from taskq.connection import connect, redact, translate_errors
 from taskq.cron import Cron
 from taskq.digest import Digest, DigestKeyOption
-from taskq.errors import ConfigurationError, TopicMismatchError
+from taskq.errors import ConfigurationError, TopicMismatchError, WrongKeyType
 from taskq.handlers import Consumer, Handler, KeyOption, Task
 from taskq.keys import Keys, check_name
 from taskq.partitioning import RoundRobin
@@ -199,7 +200,17 @@ class TaskQ:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hsetnx(self.keys.topics, topic, wanted or self.default_partitions)
             pipe.hget(self.keys.topics, topic)
-            created, stored = pipe.execute()
+            try:
+                created, stored = pipe.execute()
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                kind = self.redis.type(self.keys.topics)
+                raise WrongKeyType(
+                    self.keys.topics,
+                    kind.decode() if isinstance(kind, bytes) else str(kind),
+                    "hash",
+                ) from None
         count = int(stored)
         if created:
             log.info("Topic %r created with %d partitions.", topic, count)

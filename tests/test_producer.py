@@ -252,6 +252,18 @@ def test_a_stream_key_of_the_wrong_type_is_a_clear_error(app: TaskQ) -> None:
         job.options(delay=5).send(1)
 
 
+def test_a_topics_hash_of_the_wrong_type_is_a_clear_error(app: TaskQ) -> None:
+    @app.task(topic="jobs")
+    def job(n: int) -> None: ...
+
+    app.redis.set(app.keys.topics, "not a hash")
+    with pytest.raises(taskq.WrongKeyType, match=app.keys.topics) as caught:
+        job.send(1)
+    assert "string, not a hash" in str(caught.value)
+    with pytest.raises(taskq.WrongKeyType):
+        taskq.Worker(app).start()
+
+
 def test_topic_partition_count_is_stored_and_checked(app: TaskQ, make_app: Any) -> None:
     app.topic("orders", partitions=8)
     assert app.partitions("orders") == 8
