@@ -55,7 +55,14 @@ def redact(url: str) -> str:
 def _retry() -> Retry:
     # redis-py's own default retries ten times with growing sleeps; a
     # producer facing a dead server must fail within a bounded time instead.
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1)
+    # One retry, on a lost connection only: after a timeout the server may
+    # have carried the commands out, and sending them again would write
+    # every message of a batch twice.
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+        retries=1,
+        supported_errors=(redis.exceptions.ConnectionError,),
+    )
 
 
 def _socket_options(

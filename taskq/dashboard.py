@@ -58,12 +58,19 @@ class DashboardServer:
                     try:
                         body = json.dumps(snapshot(app)).encode()
                     except (redis.RedisError, OSError) as exc:
-                        error = {"error": f"cannot read Redis: {exc}"}
-                        self._send(503, "application/json", json.dumps(error).encode())
+                        self._error(503, f"cannot read Redis: {exc}")
+                        return
+                    except Exception as exc:
+                        log.exception("Dashboard snapshot failed:")
+                        self._error(500, f"cannot read the figures: {exc}")
                         return
                     self._send(200, "application/json", body)
                 else:
                     self.send_error(404)
+
+            def _error(self, status: int, text: str) -> None:
+                body = json.dumps({"error": text}).encode()
+                self._send(status, "application/json", body)
 
             def _send(self, status: int, kind: str, body: bytes) -> None:
                 self.send_response(status)

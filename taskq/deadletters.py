@@ -7,6 +7,7 @@ letter is named across the topic as ``TOPIC:PARTITION:ENTRY_ID``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,18 +110,29 @@ def iterate(
                 start = f"({wire.text(batch[-1][0])}"
 
 
+_STREAM_ID = re.compile(r"^\d+-\d+$")
+
+
 def find(app: TaskQ, ref: str) -> DeadLetter | None:
+    """The dead letter ``ref`` names: its own id (first column of ``taskq
+    dlq list``), or the id of the message it holds (the one ``send``
+    returned and the logs show)."""
     try:
         topic, partition, entry_id = ref.rsplit(":", 2)
         stream = app.keys.partition(topic, int(partition)).dead
     except ValueError:
         return None
-    found: Entries = cast(
-        Any, app.redis.xrange(stream, min=entry_id, max=entry_id, count=1)
-    )
-    if not found:
-        return None
-    return DeadLetter(topic, int(partition), entry_id, found[0][1])
+    if _STREAM_ID.match(entry_id):
+        found: Entries = cast(
+            Any, app.redis.xrange(stream, min=entry_id, max=entry_id, count=1)
+        )
+        if found:
+            return DeadLetter(topic, int(partition), entry_id, found[0][1])
+    # A message id: its dead letter is in the same partition.
+    for letter in iterate(app, topic):
+        if letter.partition == int(partition) and letter.summary()["message_id"] == ref:
+            return letter
+    return None
 
 
 def replay(app: TaskQ, letter: DeadLetter) -> str:

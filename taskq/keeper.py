@@ -56,11 +56,20 @@ RECLAIM_MAX_S = 10.0
 RECLAIM_SLACK_S = 0.01
 #: Entries taken over in one reclaim call.
 RECLAIM_BATCH = 100
+#: How soon partition ownership is looked at again while partitions are
+#: changing hands, s.
+OWN_RETRY_S = 0.5
 #: At most one warning of a kind per stream in this many seconds.
 WARN_EVERY_S = 60.0
 #: Partitions skipped because their key has the wrong type are looked at
 #: again after this many seconds.
 BROKEN_KEY_RETRY_S = 30.0
+
+
+def _gone_with_key(error: Exception) -> bool:
+    """Whether a script failed because its stream or group is gone."""
+    text = str(error)
+    return "WRONGTYPE" in text or "NOGROUP" in text
 
 
 def _id_order(entry_id: bytes) -> tuple[int, int]:
@@ -279,21 +288,26 @@ class Keeper:
             holdings.confirmed(at)
             return
         pipe = self.client.pipeline(transaction=False)
-        calls: list[dict[bytes, Delivery]] = []
+        calls: list[tuple[PartitionKeys, list[bytes], dict[bytes, Delivery]]] = []
         for group, pk, entries in snapshot:
             ids = sorted(entries, key=_id_order)
             for part in chunks(ids):
                 self.scripts.renew(pk, group, self.worker.id, part, client=pipe)
-                calls.append(entries)
+                calls.append((pk, list(part), entries))
         failed = False
-        for entries, result in zip(
+        for (pk, part, entries), result in zip(
             calls, self.scripts.execute(pipe, raise_on_error=False), strict=True
         ):
             if isinstance(result, CONNECTION_ERRORS):
                 raise result
             if isinstance(result, Exception):
-                self.warn_once("renew", "", "Could not renew leases: %s", result)
-                failed = True
+                if _gone_with_key(result):
+                    # The stream was replaced by another type, or its group
+                    # is gone: these entries cannot be settled here any more.
+                    self._drop_broken(pk, [entries[i] for i in part], result)
+                else:
+                    self.warn_once("renew", "", "Could not renew leases: %s", result)
+                    failed = True
                 continue
             lost, gone = result
             dropped = [entries[i] for i in lost if i in entries]
@@ -316,6 +330,24 @@ class Keeper:
             holdings.release(dropped)
         if not failed:
             holdings.confirmed(at)
+
+    def _drop_broken(
+        self, pk: PartitionKeys, deliveries: list[Delivery], error: Exception
+    ) -> None:
+        self.warn_once(
+            "renew-broken",
+            pk.stream,
+            "Dropped %d entr%s held of %s: %s. They are not run or "
+            "acknowledged here; the other partitions go on.",
+            len(deliveries),
+            "y" if len(deliveries) == 1 else "ies",
+            pk.stream,
+            error,
+            level=logging.ERROR,
+        )
+        for delivery in deliveries:
+            delivery.lost = True
+        self.worker.holdings.release(deliveries)
 
     def _reclaim(self) -> None:
         for sub in self.subs:
@@ -488,8 +520,15 @@ class Keeper:
     # -- ordered handlers -----------------------------------------------------------
 
     def _own(self) -> None:
+        settled = True
         for ownership in self.worker.ownerships.values():
-            ownership.step(self.client, self.scripts)
+            settled = ownership.step(self.client, self.scripts) and settled
+        if not settled:
+            # A partition is on its way to or from this worker: look again
+            # soon rather than a quarter lease later, so that a partition
+            # handed over is not left unread for seconds.
+            soon = time.monotonic() + OWN_RETRY_S
+            self._next_run["own"] = min(self._next_run["own"], soon)
 
     def run_later(self, delivery: Delivery, delay_ms: int) -> None:
         """Run an ordered delivery again after ``delay_ms`` (its retry)."""

@@ -45,8 +45,16 @@ def _family(name: str, kind: str, text: str, samples: Iterable[Sample]) -> list[
     lines = [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
     for labels, value in samples:
         inner = ",".join(f'{key}="{_escape(val)}"' for key, val in labels.items())
-        lines.append(f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}")
+        text = _number(value)
+        lines.append(f"{name}{{{inner}}} {text}" if inner else f"{name} {text}")
     return lines
+
+
+def _number(value: float) -> str:
+    """Counts exactly (``:g`` would round 1234567 to 1.23457e+06)."""
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
 
 
 def render(worker: Worker) -> str:
@@ -103,6 +111,11 @@ def _topic_lines(worker: Worker) -> list[str]:
     except (redis.RedisError, OSError) as exc:
         log.debug("Metrics without Redis figures: %s", exc)
         partitions, up = [], 0.0
+    except Exception:
+        # Something in Redis this code cannot read: answer with what the
+        # worker knows rather than not at all.
+        log.exception("Metrics without the partitions' figures:")
+        partitions, up = [], 1.0
     lines = _family(
         "taskq_redis_up", "gauge", "1 when this scrape could read Redis.", [({}, up)]
     )

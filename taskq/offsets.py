@@ -20,7 +20,7 @@ import redis
 from taskq import defaults
 from taskq.errors import ConfigurationError, TaskqError
 from taskq.keys import PartitionKeys, check_name
-from taskq.message import entry_ms, text
+from taskq.message import KEY, entry_ms, text
 from taskq.stats import known_topics
 
 if TYPE_CHECKING:
@@ -312,11 +312,69 @@ def set_partitions(app: TaskQ, topic: str, count: int, *, force: bool) -> str:
             )
     app.redis.hset(app.keys.topics, topic, count)
     app.forget_partitions()
-    return (
+    done = (
         f"topic {topic!r} now has {count} partitions (was {current}); running "
         "workers restart to serve them within 30 s, and producers use the new "
         f"count within {defaults.PARTITIONS_REFRESH_S:g} s"
     )
+    if count < current:
+        # Producers still using the old count may write to the dropped
+        # partitions until they read the new one: wait that long, then move
+        # what arrived there to the partitions its keys map to now.
+        time.sleep(defaults.PARTITIONS_REFRESH_S + 1.0)
+        moved = sweep_dropped(app, topic, count, current)
+        if moved:
+            done += (
+                f"; moved {moved} message(s) sent meanwhile to the dropped partitions"
+            )
+    return done
+
+
+def sweep_dropped(app: TaskQ, topic: str, count: int, old_count: int) -> int:
+    """Move messages in partitions ``count`` .. ``old_count - 1`` (dropped
+    by a smaller count) that no group has read yet, and their delayed
+    messages, to the partitions their keys map to now; returns how many.
+
+    Entries some group has read already are left to the worker that has
+    them (a worker still serving the old count, until it restarts).
+    """
+    from taskq.partitioning import RoundRobin, partition_for
+    from taskq.scripts import unpack_message
+
+    spread = RoundRobin()
+    moved = 0
+
+    def home(fields: dict[bytes, bytes]) -> PartitionKeys:
+        key = fields.get(KEY)
+        p = spread.next(count) if key is None else partition_for(key, count)
+        return app.keys.partition(topic, p)
+
+    for p in range(count, old_count):
+        pk = app.keys.partition(topic, p)
+        groups = (
+            cast(Any, app.redis.xinfo_groups(pk.stream))
+            if app.redis.exists(pk.stream)
+            else []
+        )
+        read_up_to = max(
+            (_order(text(g["last-delivered-id"])) for g in groups), default=(0, 0)
+        )
+        for entry_id, fields in cast(Any, app.redis.xrange(pk.stream)):
+            if _order(text(entry_id)) <= read_up_to:
+                continue
+            app.redis.xadd(home(fields).stream, fields)
+            app.redis.xdel(pk.stream, entry_id)
+            moved += 1
+        delayed = app.redis.zrange(pk.delayed, 0, -1, withscores=True)
+        for packed, due in cast(Any, delayed):
+            try:
+                _, fields = unpack_message(packed)
+            except ValueError:
+                continue  # not a message: the worker sets it aside
+            app.redis.zadd(home(fields).delayed, {packed: due})
+            app.redis.zrem(pk.delayed, packed)
+            moved += 1
+    return moved
 
 
 def describe_topic(app: TaskQ, topic: str) -> list[dict[str, Any]]:

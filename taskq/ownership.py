@@ -112,8 +112,9 @@ class Ownership:
 
     # -- one pass ------------------------------------------------------------------
 
-    def step(self, client: redis.Redis, scripts: Scripts) -> None:
-        """Heartbeat, renew what is owned, then move toward the assignment."""
+    def step(self, client: redis.Redis, scripts: Scripts) -> bool:
+        """Heartbeat, renew what is owned, then move toward the assignment;
+        True when this member owns just what it is assigned."""
         now_ms = int(time.time() * 1000)
         owned = list(self.tokens.items())
         group = self.sub.group
@@ -178,6 +179,9 @@ class Ownership:
                 and owners[pk.partition] is None
             ):
                 self.take(client, scripts, pk)
+        return {pk.partition for pk in self.tokens} == mine and all(
+            pk in self.sub.accepting for pk in self.tokens
+        )
 
     def _members(self, result: Any) -> list[str]:
         """The live members (always including this one)."""

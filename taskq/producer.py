@@ -463,9 +463,13 @@ def _on_one_connection(
     client: redis.Redis, commands: list[tuple[Any, ...]]
 ) -> list[Any]:
     """Send ``commands`` in one write and read every reply: each reply is
-    a result or the ResponseError the command met. Like a pipeline, a
-    connection error closes the connection and the batch is tried once
-    more on a new one (the client's retry policy); then it is raised."""
+    a result or the ResponseError the command met.
+
+    A connection found broken when writing is replaced and the batch sent
+    again once (the client's retry policy), as a pipeline does. Once the
+    batch is written, nothing is sent again: a lost connection or a
+    timeout then raises, since the server may have added the messages.
+    """
     pool = client.connection_pool
     connection: Any = pool.get_connection()
     packed = connection.pack_commands(commands)
@@ -473,11 +477,14 @@ def _on_one_connection(
     def attempt() -> list[Any]:
         connection.send_packed_command(packed)
         results: list[Any] = []
-        for _ in commands:
-            try:
-                results.append(connection.read_response())
-            except redis.ResponseError as exc:
-                results.append(exc)
+        try:
+            for _ in commands:
+                try:
+                    results.append(connection.read_response())
+                except redis.ResponseError as exc:
+                    results.append(exc)
+        except redis.ConnectionError as exc:
+            raise _Written(exc) from exc
         return results
 
     try:
@@ -487,8 +494,19 @@ def _on_one_connection(
                 attempt, lambda error: connection.disconnect()
             ),
         )
+    except _Written as written:
+        connection.disconnect()
+        raise written.error from None
     except BaseException:
         connection.disconnect()
         raise
     finally:
         pool.release(connection)
+
+
+class _Written(Exception):
+    """A connection error after a batch was written (not to be retried)."""
+
+    def __init__(self, error: redis.ConnectionError) -> None:
+        super().__init__(str(error))
+        self.error = error

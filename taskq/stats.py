@@ -6,6 +6,7 @@ Everything here reads; nothing changes Redis.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -17,6 +18,8 @@ from taskq.message import entry_ms
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
+
+log = logging.getLogger("taskq.stats")
 
 #: Lag is counted entry by entry, up to this many, when Redis cannot say.
 LAG_COUNT_LIMIT = 10_000
@@ -87,9 +90,21 @@ class Stats:
 
 
 def known_topics(app: TaskQ) -> dict[str, int]:
-    """Every topic stored in Redis, with its partition count."""
+    """Every topic stored in Redis, with its partition count (a count that
+    is not a number is left out, with a warning)."""
     stored = app.redis.hgetall(app.keys.topics)
-    return {_s(name): int(count) for name, count in sorted(stored.items())}
+    topics = {}
+    for name, count in sorted(stored.items()):
+        try:
+            topics[_s(name)] = int(count)
+        except ValueError:
+            log.warning(
+                "Topic %r has a partition count of %r in %s, not a number; left out.",
+                _s(name),
+                _s(count),
+                app.keys.topics,
+            )
+    return topics
 
 
 def collect(app: TaskQ, topics: list[str] | None = None) -> Stats:
@@ -173,7 +188,13 @@ def workers(app: TaskQ) -> list[WorkerStats]:
         raw = client.get(app.keys.worker(_s(worker_id)))
         if not raw:
             continue
-        data = json.loads(raw)
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            log.warning("The record of worker %r is not readable; left out.", worker_id)
+            continue
         result.append(
             WorkerStats(
                 id=_s(worker_id),

@@ -124,3 +124,30 @@ def test_the_command_line_refuses_a_port_in_use(redis_app: TaskQ) -> None:
         )
     assert result.exit_code == 1, result.output
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output
+
+
+def test_large_counts_are_exact(app: TaskQ) -> None:
+    @app.task(topic="jobs")
+    def work(n: int) -> None: ...
+
+    worker = Worker(app)
+    worker.count("acked", worker.subscriptions[0], 1_234_567)
+    assert " 1234567\n" in render(worker)
+
+
+def test_unreadable_records_do_not_stop_a_scrape(app: TaskQ) -> None:
+    @app.task(topic="jobs")
+    def work(n: int) -> None: ...
+
+    work.send(1)
+    app.redis.hset(app.keys.topics, "other", "sixteen")
+    app.redis.zadd(app.keys.workers, {"ghost": 1})
+    app.redis.set(app.keys.worker("ghost"), "{not json")
+    samples = parse(render(Worker(app)))
+    assert total(samples, "taskq_redis_up") == 1
+    jobs = [
+        labels
+        for name, labels in samples
+        if name == "taskq_partition_dead" and ("topic", "jobs") in labels
+    ]
+    assert len(jobs) == app.partitions("jobs")

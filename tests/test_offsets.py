@@ -196,7 +196,12 @@ def test_producers_follow_a_changed_partition_count(
     operator.close()
 
 
-def test_a_partition_whose_entries_are_handled_may_be_dropped(events: Any) -> None:
+def test_a_partition_whose_entries_are_handled_may_be_dropped(
+    events: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskq import defaults
+
+    monkeypatch.setattr(defaults, "PARTITIONS_REFRESH_S", 0.0)
     app = events.app
     for n in range(1, 9):
         app.publish("events", n, key=n)
@@ -227,3 +232,33 @@ def test_a_worker_stops_to_restart_when_the_count_changes(
     assert not thread.is_alive()
     assert worker.restart_needed
     operator.close()
+
+
+def test_messages_sent_during_a_shrink_are_moved_to_the_partitions_left(
+    events: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from taskq import TaskQ, defaults, offsets
+    from tests.support import wait_for
+
+    monkeypatch.setattr(defaults, "PARTITIONS_REFRESH_S", 0.5)
+    app = events.app
+    producer = TaskQ(app.url, namespace=app.keys.namespace)
+    assert producer.partitions("spread") == 4
+    result: list[str] = []
+    shrink = threading.Thread(
+        target=lambda: result.append(
+            offsets.set_partitions(app, "spread", 2, force=True)
+        )
+    )
+    shrink.start()
+    wait_for(lambda: app.redis.hget(app.keys.topics, "spread") == b"2", timeout=5)
+    # This producer still has the old count for up to half a second.
+    for n in range(20):
+        producer.publish("spread", n, key=f"user-{n}")
+    shrink.join(10)
+    lengths = [app.redis.xlen(app.keys.partition("spread", p).stream) for p in range(4)]
+    assert lengths[2:] == [0, 0] and sum(lengths) == 20
+    assert "moved" in result[0]
+    producer.close()

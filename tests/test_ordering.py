@@ -360,3 +360,29 @@ def test_one_retrying_key_does_not_stop_the_others(
             timeout=10,
         )
     assert not any(r.startswith(hot) for r in ran)
+
+
+def test_a_joining_worker_takes_its_share_soon(redis_app: TaskQ, running: Any) -> None:
+    """Partitions handed to a newcomer are not left unread until its next
+    regular ownership pass (a quarter lease): it looks again soon while
+    its share is on the way."""
+    app = redis_app
+    app.topic("moves", partitions=4)
+
+    @app.task(topic="moves", key="key", ordered=True, lease=20)
+    def handle(key: str) -> None: ...
+
+    first = Worker(app, lease=20)
+    with running(first):
+        wait_for(lambda: len(_owned(first)) == 4, timeout=10)
+        second = Worker(app, lease=20)
+        with running(second):
+            joined = time.monotonic()
+            wait_for(lambda: len(_owned(second)) == 2, timeout=15)
+            # The first worker sees the newcomer at its next pass (within
+            # 5 s); the newcomer takes what is given up within 0.5 s.
+            assert time.monotonic() - joined < 7.0
+
+
+def _owned(worker: Worker) -> list[int]:
+    return [pk.partition for o in worker.ownerships.values() for pk in o.tokens]

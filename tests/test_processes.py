@@ -213,3 +213,34 @@ def test_a_worker_follows_a_change_of_the_partition_count(
         app.close()
     assert "now has 6 partitions" in output.decode()
     assert worker.returncode == 0
+
+
+def test_an_attached_process_count_starts_plain_children(
+    counter: Any, redis_url: str, namespace: str
+) -> None:
+    """``-p2`` (the count attached to the flag) must start two workers,
+    not two more supervisors."""
+    import os
+    import signal
+    import time
+
+    from tests.support import wait_for
+
+    parent = worker_process("tests.apps.counter:app", redis_url, namespace, "-p2")
+    try:
+        wait_for(lambda: len(_children(parent.pid)) == 2, timeout=20)
+        time.sleep(2.0)  # long enough for a child supervisor to start its own
+        children = _children(parent.pid)
+        assert len(children) == 2
+        assert all(_children(child) == [] for child in children)
+        parent.send_signal(signal.SIGTERM)
+        output, _ = parent.communicate(timeout=60)
+        assert parent.returncode == 0, output.decode()
+    finally:
+        if parent.poll() is None:
+            for child in _children(parent.pid):
+                os.kill(child, signal.SIGKILL)
+            parent.kill()
+            parent.wait()
+        if parent.stdout:
+            parent.stdout.close()

@@ -449,3 +449,83 @@ def _count(app: TaskQ, key: str) -> int:
         return int(app.redis.hlen(key))
     except (redis.ConnectionError, taskq.ConnectionError):
         return 0
+
+
+def test_a_stream_replaced_under_held_entries_stops_only_its_partition(
+    redis_app: TaskQ, running: Any
+) -> None:
+    """Renewing the entries of a stream that became another type fails;
+    those entries are dropped, and the worker's other partitions go on
+    (before, the failed renewal kept every delivery held back)."""
+    app = redis_app
+    app.topic("jobs", partitions=2)
+    ran: list[int] = []
+
+    @app.task(topic="jobs", retries=0, lease=3.0)
+    def job(n: int, sleep: float = 0.0) -> None:
+        time.sleep(sleep)
+        ran.append(n)
+
+    def add(partition: int, n: int, sleep: float) -> None:
+        payload = job.signature.dump(job.signature.validate({"n": n, "sleep": sleep}))
+        app.redis.xadd(
+            app.keys.partition("jobs", partition).stream,
+            {b"task": job.name.encode(), b"payload": payload},
+        )
+
+    with running(Worker(app, concurrency=1, prefetch=3)):
+        add(0, 1, 3.5)
+        add(0, 2, 0)
+        add(0, 3, 0)
+        time.sleep(0.5)
+        broken = app.keys.partition("jobs", 0).stream
+        app.redis.delete(broken)
+        app.redis.set(broken, "not a stream")
+        for n in range(10, 15):
+            add(1, n, 0)
+        wait_for(lambda: set(range(10, 15)) <= set(ran), timeout=15)
+
+
+def test_a_batch_is_not_written_twice_when_redis_stalls(
+    tmp_path: Any, namespace: str
+) -> None:
+    """A send_many whose reply does not come within the socket timeout
+    raises; it does not send the batch again (the server may have taken
+    it, and would then hold every message twice)."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    assert server.process is not None
+    app = TaskQ(server.url, namespace=namespace)
+    app.topic("jobs", partitions=4)
+
+    @app.task(topic="jobs")
+    def job(n: int, pad: str) -> None: ...
+
+    items = [{"n": n, "pad": "x" * 2000} for n in range(1000)]
+    job.send_many(items[:1])
+    returned = 1
+    # Stalled a little longer than the socket timeout (5 s): a batch sent
+    # again after the timeout would reach the server once it goes on.
+    stop = threading.Timer(0.05, server.process.send_signal, (signal.SIGSTOP,))
+    go_on = threading.Timer(6.0, server.process.send_signal, (signal.SIGCONT,))
+    try:
+        stop.start()
+        go_on.start()
+        with pytest.raises(taskq.ConnectionError):
+            for _ in range(20):
+                returned += len(job.send_many(items))
+    finally:
+        stop.join()
+        go_on.join()
+        server.process.send_signal(signal.SIGCONT)
+    time.sleep(1.0)  # the server works off what was written to it meanwhile
+    written = sum(
+        app.redis.xlen(app.keys.partition("jobs", p).stream) for p in range(4)
+    )
+    # At most the batch in flight went in without its ids being returned.
+    assert returned <= written <= returned + len(items)
+    app.close()
+    server.stop()

@@ -88,7 +88,9 @@ def groups_reset(
     if members and not force:
         raise click.ClickException(
             f"group {group!r} of {topic!r} has live members ({', '.join(members)}); "
-            "stop them first, or pass --force"
+            "stop them first, or pass --force. A worker that was killed counts "
+            "as live until its last heartbeat is a minute old (taskq stats shows "
+            "when each was last seen)"
         )
     moves = offsets.plan_reset(the_app, topic, group, to)
     redelivered = sum(m.redelivered for m in moves)

@@ -240,7 +240,11 @@ def dlq_replay(
         for ref in ids:
             letter = deadletters.find(the_app, ref)
             if letter is None:
-                raise click.BadParameter(f"no dead letter {ref!r}", param_hint="--id")
+                raise click.BadParameter(
+                    f"no dead letter {ref!r} (give a dead letter's id, the first "
+                    "column of 'taskq dlq list', or the id of the message in it)",
+                    param_hint="--id",
+                )
             letters.append(letter)
     for letter in letters:
         new_id = deadletters.replay(the_app, letter)

@@ -211,17 +211,7 @@ def _metrics_server(
 
 
 def _child_args(argv: list[str]) -> list[str]:
-    """The command line of one child: this one without --processes N."""
-    args: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("-p", "--processes"):
-            skip = True
-            continue
-        if arg.startswith("--processes="):
-            continue
-        args.append(arg)
-    return [sys.executable, "-m", "taskq", *args]
+    """The command line of one child: this one, with ``--processes 1`` put
+    last (the last value of an option wins), whatever form the count was
+    given in (``-p 2``, ``-p2``, ``--processes=2``, ...)."""
+    return [sys.executable, "-m", "taskq", *argv, "--processes", "1"]
