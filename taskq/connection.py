@@ -270,9 +270,11 @@ class Outage:
     other masters keep succeeding all along, and say nothing about it.
     """
 
-    def __init__(self, url: str, logger: Any) -> None:
+    def __init__(self, url: str, logger: Any, *, starting: bool = False) -> None:
         self.url = redact(url)
         self.log = logger
+        #: Not connected yet: the first failure is "cannot reach", not "lost".
+        self._starting = starting
         self._lock = threading.Lock()
         self._since = 0.0
         #: Threads that failed and have not got through since.
@@ -288,7 +290,10 @@ class Outage:
             if not self._failing:
                 self._since = time.monotonic()
                 self.log.warning(
-                    "Lost the connection to Redis at %s (%s); retrying.", self.url, exc
+                    "%s Redis at %s (%s); retrying.",
+                    "Cannot reach" if self._starting else "Lost the connection to",
+                    self.url,
+                    exc,
                 )
             self._failing.add(threading.get_ident())
         tries = getattr(self._local, "tries", 0)

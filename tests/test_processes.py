@@ -244,3 +244,28 @@ def test_an_attached_process_count_starts_plain_children(
             parent.wait()
         if parent.stdout:
             parent.stdout.close()
+
+
+def test_sigterm_while_waiting_for_redis_exits_cleanly(namespace: str) -> None:
+    """A worker started before its Redis waits for it; SIGTERM then ends
+    it with status 0, as it would end a running worker."""
+    import signal
+    import time
+
+    from tests.support import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    worker = worker_process("tests.apps.counter:app", url, namespace)
+    try:
+        time.sleep(2.0)
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=15)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if worker.stdout:
+            worker.stdout.close()
+    assert worker.returncode == 0, output.decode()
+    assert "Cannot reach Redis" in output.decode()

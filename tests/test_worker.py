@@ -137,6 +137,24 @@ def test_exhausted_retries_end_in_one_dead_letter(
     assert int(record[b"first_attempt"]) <= int(record[b"last_attempt"])
 
 
+def test_a_dead_letter_is_found_by_its_id_or_its_message_id(
+    app: TaskQ, running: Any, until: Any
+) -> None:
+    from taskq import deadletters
+
+    @app.task(topic="calls", retries=0)
+    def fail(n: int) -> None:
+        raise RuntimeError("no")
+
+    message_id = fail.send(1)
+    with running(Worker(app)):
+        until(lambda: dead_letters(app, "calls"))
+    [letter] = list(deadletters.iterate(app, "calls"))
+    assert deadletters.find(app, letter.ref) == letter
+    assert deadletters.find(app, message_id) == letter
+    assert deadletters.find(app, "calls:0:1-1") is None
+
+
 def test_explicit_retry_with_delay(app: TaskQ, running: Any, until: Any) -> None:
     starts: list[float] = []
 

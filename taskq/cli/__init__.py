@@ -11,6 +11,7 @@ import json
 import logging
 import logging.config
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,13 +37,22 @@ def setup_logging(level: str, config_file: str | None = None) -> None:
         logging.config.dictConfig(data)
         return
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    # redis-py's own debug lines (a connection option the server lacks, say)
+    # read like taskq's errors; taskq logs what matters of them itself.
+    logging.getLogger("redis").setLevel(max(logging.INFO, logging.root.level))
 
 
 def wait_for_redis(app: TaskQ) -> None:
     """Wait (with backoff) until Redis answers: a worker or scheduler may
-    well start before its Redis does. SIGINT gives up (SIGTERM, not yet
-    handled here, ends the process)."""
-    outage = Outage(app.url, logging.getLogger("taskq.cli"))
+    well start before its Redis does. SIGTERM stops the wait and exits 0,
+    as it would stop a running worker; SIGINT aborts."""
+    log = logging.getLogger("taskq.cli")
+    outage = Outage(app.url, log, starting=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             try:
@@ -51,8 +61,17 @@ def wait_for_redis(app: TaskQ) -> None:
                 return
             except TaskqConnectionError as exc:
                 time.sleep(outage.failed(exc))
+    except _Stopped:
+        log.info("SIGTERM: stopped before Redis answered.")
+        sys.exit(0)
     except KeyboardInterrupt:
         raise click.Abort() from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    """SIGTERM while waiting for Redis."""
 
 
 def load_app(path: str) -> TaskQ:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
 import click
 
@@ -14,9 +16,14 @@ from taskq.cli import LOG_LEVELS, setup_logging
     "--url", default="memory://demo", show_default=True, help="Redis to run on."
 )
 @click.option(
+    "--mailbox",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the mails in this folder [default: a temporary one, removed].",
+)
+@click.option(
     "--log-level", type=click.Choice(LOG_LEVELS), default="warning", show_default=True
 )
-def demo(url: str, log_level: str) -> None:
+def demo(url: str, mailbox: Path | None, log_level: str) -> None:
     """Run the mailing example in one process: an SMTP sink, a worker and a
     producer that sends a few hundred mails; then print a summary."""
     setup_logging(log_level)
@@ -27,4 +34,9 @@ def demo(url: str, log_level: str) -> None:
             f"the demo needs its extras ({exc.name} is missing): "
             "pip install 'taskq[demo]'"
         ) from None
-    sys.exit(run(url))
+    if mailbox is not None:
+        mailbox.mkdir(parents=True, exist_ok=True)
+        sys.exit(run(url, mailbox))
+    with tempfile.TemporaryDirectory(prefix="taskq-demo-") as folder:
+        status = run(url, Path(folder))
+    sys.exit(status)
