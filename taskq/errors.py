@@ -95,6 +95,9 @@ class WrongKeyType(TaskqError):
         self.key = key
         self.kind = kind
         self.expected = expected
+        #: ``send_many``: ids of the messages written to other keys before
+        #: (or beside) the refused ones.
+        self.sent: list[str] = []
         super().__init__(
             f"key {key!r} holds a {kind}, not a {expected} (WRONGTYPE), so taskq "
             "cannot write to it; delete or rename the key"

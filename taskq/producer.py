@@ -293,7 +293,17 @@ class Producer:
             results = send(commands)
             for result in results:
                 if isinstance(result, redis.ResponseError):
-                    self._refused(result, [(streams[p], "stream") for p in targets])
+                    # The other messages of the batch went in: say which.
+                    written = [
+                        prefixes[p] + r.decode()
+                        for p, r in zip(targets, results, strict=True)
+                        if not isinstance(r, Exception)
+                    ]
+                    try:
+                        self._refused(result, [(streams[p], "stream") for p in targets])
+                    except WrongKeyType as refused:
+                        refused.sent = ids + written
+                        raise
                     raise result
             ids.extend(
                 [

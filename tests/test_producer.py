@@ -252,6 +252,21 @@ def test_a_stream_key_of_the_wrong_type_is_a_clear_error(app: TaskQ) -> None:
         job.options(delay=5).send(1)
 
 
+def test_a_refused_batch_says_what_was_written(app: TaskQ) -> None:
+    app.topic("jobs", partitions=2)
+
+    @app.task(topic="jobs", key="k")
+    def job(k: str) -> None: ...
+
+    broken = next(k for k in "abcdefgh" if partition_for(k, 2) == 0)
+    fine = [k for k in "abcdefgh" if partition_for(k, 2) == 1][:3]
+    app.redis.set(app.keys.partition("jobs", 0).stream, "not a stream")
+    with pytest.raises(taskq.WrongKeyType) as caught:
+        job.send_many([(broken,), *((k,) for k in fine)])
+    assert len(caught.value.sent) == 3
+    assert app.redis.xlen(app.keys.partition("jobs", 1).stream) == 3
+
+
 def test_a_topics_hash_of_the_wrong_type_is_a_clear_error(app: TaskQ) -> None:
     @app.task(topic="jobs")
     def job(n: int) -> None: ...
