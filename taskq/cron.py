@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -77,6 +78,28 @@ def zone_name(tz: tzinfo) -> str:
     return str(getattr(tz, "key", None) or tz)
 
 
+#: Names and ranges of the fields, seconds first when there are six.
+_FIELDS = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+]
+
+
+def _bad_field(fields: list[str]) -> str | None:
+    """Which field holds a number out of its range, said plainly; None
+    when that is not the fault (croniter's message says it then)."""
+    named = _FIELDS if len(fields) == 6 else _FIELDS[1:]
+    for text, (name, low, high) in zip(fields, named, strict=True):
+        for number in re.findall(r"\d+", text.split("/")[0]):
+            if not low <= int(number) <= high:
+                return f"{name} {number} is out of range ({low}-{high})"
+    return None
+
+
 class Cron:
     """A cron expression in a time zone: which instants are its ticks.
 
@@ -118,7 +141,7 @@ class Cron:
             ) from None
         except CroniterError as exc:
             raise ConfigurationError(
-                f"invalid cron expression {expression!r}: {exc}"
+                f"invalid cron expression {expression!r}: {_bad_field(fields) or exc}"
             ) from None
         if not isinstance(first, datetime):
             raise ConfigurationError(f"invalid cron expression {expression!r}")

@@ -148,7 +148,10 @@ def test_aliases() -> None:
 @pytest.mark.parametrize(
     "expression, tz, reason",
     [
-        ("61 * * * *", None, "out of range"),
+        ("61 * * * *", None, r"minute 61 is out of range \(0-59\)"),
+        ("0 25 * * *", None, r"hour 25 is out of range \(0-23\)"),
+        ("0 8 * 13 *", None, r"month 13 is out of range \(1-12\)"),
+        ("70 0 8 * * *", None, r"second 70 is out of range \(0-59\)"),
         ("* * *", None, "has 3 fields"),
         ("* * * * * * *", None, "has 7 fields"),
         ("*/0 * * * *", None, "step"),
