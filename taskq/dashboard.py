@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from taskq import stats
+from taskq.serving import Response, Server
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
@@ -45,67 +44,27 @@ def snapshot(app: TaskQ) -> dict[str, Any]:
     }
 
 
-class DashboardServer:
-    """Serves the page and ``/api/snapshot`` from a daemon thread."""
+class DashboardServer(Server):
+    """Serves the page and ``/api/snapshot``."""
 
     def __init__(self, app: TaskQ, host: str, port: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/":
-                    self._send(200, "text/html; charset=utf-8", PAGE.encode())
-                elif path == "/api/snapshot":
-                    try:
-                        body = json.dumps(snapshot(app)).encode()
-                    except (redis.RedisError, OSError) as exc:
-                        self._error(503, f"cannot read Redis: {exc}")
-                        return
-                    except Exception as exc:
-                        log.exception("Dashboard snapshot failed:")
-                        self._error(500, f"cannot read the figures: {exc}")
-                        return
-                    self._send(200, "application/json", body)
-                else:
-                    self.send_error(404)
+        def page() -> Response:
+            return 200, "text/html; charset=utf-8", PAGE.encode()
 
-            def _error(self, status: int, text: str) -> None:
-                body = json.dumps({"error": text}).encode()
-                self._send(status, "application/json", body)
+        def api() -> Response:
+            try:
+                return 200, "application/json", json.dumps(snapshot(app)).encode()
+            except (redis.RedisError, OSError) as exc:
+                return _error(503, f"cannot read Redis: {exc}")
+            except Exception as exc:
+                log.exception("Dashboard snapshot failed:")
+                return _error(500, f"cannot read the figures: {exc}")
 
-            def _send(self, status: int, kind: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+        super().__init__("the dashboard", host, port, {"/": page, "/api/snapshot": api})
 
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("%s " + format, self.address_string(), *args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="taskq-dashboard", daemon=True
-        )
-        self._thread.start()
-
-    def serve_forever(self) -> None:
-        self._server.serve_forever()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(2.0)
-        self._server.server_close()
+def _error(status: int, text: str) -> Response:
+    return status, "application/json", json.dumps({"error": text}).encode()
 
 
 PAGE = (

@@ -17,14 +17,13 @@ A scrape that cannot reach Redis still answers, with ``taskq_redis_up 0``.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 import redis
 
 from taskq import stats
+from taskq.serving import Response, Server
 
 if TYPE_CHECKING:
     from taskq.worker import Worker
@@ -165,48 +164,15 @@ def _topic_lines(worker: Worker) -> list[str]:
     return lines
 
 
-class MetricsServer:
-    """Serves ``/metrics`` over HTTP from a daemon thread."""
+class MetricsServer(Server):
+    """Serves ``/metrics`` (see :meth:`Server.start`)."""
 
     def __init__(self, worker: Worker, host: str, port: int) -> None:
-        self.worker = worker
+        def metrics() -> Response:
+            return 200, CONTENT_TYPE, render(worker).encode()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?", 1)[0] != "/metrics":
-                    self.send_error(404, "try /metrics")
-                    return
-                body = render(worker).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("%s " + format, self.address_string(), *args)
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        super().__init__("metrics", host, port, {"/metrics": metrics})
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="taskq-metrics", daemon=True
-        )
-        self._thread.start()
-        log.info(
-            "Metrics at http://%s:%d/metrics.",
-            self._server.server_address[0],
-            self.port,
-        )
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(2.0)
-        self._server.server_close()
+        super().start()
+        log.info("Metrics at %smetrics.", self.url)

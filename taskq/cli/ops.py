@@ -284,12 +284,7 @@ def dashboard(app: str, host: str, port: int) -> None:
 
     the_app = load_app(app)
     the_app.ping()
-    try:
-        server = DashboardServer(the_app, host, port)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot serve on {host}:{port}: {exc.strerror or exc}"
-        ) from None
+    server = DashboardServer(the_app, host, port)
     click.echo(f"taskq dashboard at {server.url} (Ctrl-C stops it)")
     try:
         server.serve_forever()

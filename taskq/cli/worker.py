@@ -200,12 +200,7 @@ def _metrics_server(
 
     if port:
         port += int(os.environ.get(INDEX_ENV, "0"))
-    try:
-        server = MetricsServer(instance, host, port)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
-        ) from None
+    server = MetricsServer(instance, host, port)
     server.start()
     return server
 
