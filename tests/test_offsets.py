@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,9 +11,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from taskq import Worker
+import taskq.keeper
+from taskq import TaskQ, Worker, defaults, offsets
 from taskq.cli import main
-from tests.support import bind_app
+from taskq.partitioning import partition_for
+from tests.support import bind_app, wait_for
 
 APP = "tests.apps.events_app:app"
 
@@ -25,6 +28,15 @@ def events(backend_url: str, namespace: str) -> Iterator[Any]:
     module.SEEN.clear()
     yield module
     module.app.close()
+
+
+@pytest.fixture
+def operator(events: Any) -> Iterator[TaskQ]:
+    """Another process's view of the same topics (an operator's command,
+    or a producer with counts of its own)."""
+    other = TaskQ(events.app.url, namespace=events.app.keys.namespace)
+    yield other
+    other.close()
 
 
 def cli(*args: str, input: str | None = None) -> Any:
@@ -180,27 +192,20 @@ def test_topics_create_describe_and_change(events: Any) -> None:
 
 
 def test_producers_follow_a_changed_partition_count(
-    events: Any, monkeypatch: pytest.MonkeyPatch
+    events: Any, operator: TaskQ, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from taskq import TaskQ, defaults, offsets
-    from taskq.partitioning import partition_for
-
     app = events.app
     app.publish("events", 1, key="a")  # the count (2) is cached now
-    operator = TaskQ(app.url, namespace=app.keys.namespace)
     offsets.set_partitions(operator, "events", 4, force=True)
     monkeypatch.setattr(defaults, "PARTITIONS_REFRESH_S", 0.0)
     key = next(k for k in map(str, range(100)) if partition_for(k, 4) == 3)
     app.publish("events", 2, key=key)
     assert app.redis.xlen(app.keys.partition("events", 3).stream) == 1
-    operator.close()
 
 
 def test_a_partition_whose_entries_are_handled_may_be_dropped(
     events: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from taskq import defaults
-
     monkeypatch.setattr(defaults, "PARTITIONS_REFRESH_S", 0.0)
     app = events.app
     for n in range(1, 9):
@@ -213,38 +218,25 @@ def test_a_partition_whose_entries_are_handled_may_be_dropped(
 
 
 def test_a_worker_stops_to_restart_when_the_count_changes(
-    events: Any, monkeypatch: pytest.MonkeyPatch
+    events: Any, operator: TaskQ, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
-    import taskq.keeper
-    from taskq import TaskQ, offsets
-    from tests.support import wait_for
-
     monkeypatch.setattr(taskq.keeper, "HEARTBEAT_S", 0.5)
     worker = Worker(events.app)
     thread = threading.Thread(target=worker.run, args=(False,), daemon=True)
     thread.start()
     wait_for(worker.started.is_set, timeout=10)
-    operator = TaskQ(events.app.url, namespace=events.app.keys.namespace)
     offsets.set_partitions(operator, "events", 3, force=True)
     thread.join(15)
     assert not thread.is_alive()
     assert worker.restart_needed
-    operator.close()
 
 
 def test_messages_sent_during_a_shrink_are_moved_to_the_partitions_left(
-    events: Any, monkeypatch: pytest.MonkeyPatch
+    events: Any, operator: TaskQ, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
-    from taskq import TaskQ, defaults, offsets
-    from tests.support import wait_for
-
     monkeypatch.setattr(defaults, "PARTITIONS_REFRESH_S", 0.5)
     app = events.app
-    producer = TaskQ(app.url, namespace=app.keys.namespace)
+    producer = operator  # sends with the count it read before the change
     assert producer.partitions("spread") == 4
     result: list[str] = []
     shrink = threading.Thread(
@@ -261,4 +253,3 @@ def test_messages_sent_during_a_shrink_are_moved_to_the_partitions_left(
     lengths = [app.redis.xlen(app.keys.partition("spread", p).stream) for p in range(4)]
     assert lengths[2:] == [0, 0] and sum(lengths) == 20
     assert "moved" in result[0]
-    producer.close()
