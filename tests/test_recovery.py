@@ -227,13 +227,7 @@ def test_keys_of_the_wrong_type_do_not_stop_a_worker_starting(
 
 @pytest.fixture
 def persistent_redis(tmp_path: Any) -> Iterator[RedisServer]:
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(binary, tmp_path, persistent=True)
-    server.start()
-    yield server
-    server.stop()
+    yield from _redis_server(tmp_path, persistent=True)
 
 
 def test_a_retry_waiting_in_redis_survives_a_restart(
@@ -304,28 +298,40 @@ def test_a_producer_facing_a_dead_redis_fails_in_bounded_time(make_app: Any) -> 
         silent.close()
 
 
-def test_a_second_signal_stops_a_worker_whose_redis_hangs(
-    tmp_path: Any, namespace: str
-) -> None:
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may stop (SIGSTOP)."""
+    yield from _redis_server(tmp_path, persistent=False)
+
+
+def _redis_server(tmp_path: Any, *, persistent: bool) -> Iterator[RedisServer]:
     binary = find_redis_server()
     if binary is None:
         pytest.skip("redis-server is not installed")
-    server = RedisServer(binary, tmp_path)
+    server = RedisServer(binary, tmp_path, persistent=persistent)
     server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.process.send_signal(signal.SIGCONT)
+    server.stop()
+
+
+def test_a_second_signal_stops_a_worker_whose_redis_hangs(
+    own_redis: RedisServer, namespace: str
+) -> None:
+    server = own_redis
     assert server.process is not None
     import tests.apps.counter as counter
 
     app = bind_app(counter.app, server.url, namespace)
     starts = f"{namespace}:test:starts"
     worker = worker_process("tests.apps.counter:app", server.url, namespace, "-c", "2")
-    stopped = False
     try:
         counter.record.send_many(
             [{"key": f"k{n}", "n": n, "sleep": 60} for n in range(2)]
         )
         wait_for(lambda: app.redis.llen(starts) == 2, timeout=20)
         server.process.send_signal(signal.SIGSTOP)
-        stopped = True
         worker.send_signal(signal.SIGTERM)
         time.sleep(1.5)  # past the grace for a signal delivered twice
         worker.send_signal(signal.SIGTERM)
@@ -338,10 +344,8 @@ def test_a_second_signal_stops_a_worker_whose_redis_hangs(
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-        if stopped:
-            server.process.send_signal(signal.SIGCONT)
+        server.process.send_signal(signal.SIGCONT)
         app.close()
-        server.stop()
 
 
 # -- leases ----------------------------------------------------------------------
@@ -487,16 +491,12 @@ def test_a_stream_replaced_under_held_entries_stops_only_its_partition(
 
 
 def test_a_batch_is_not_written_twice_when_redis_stalls(
-    tmp_path: Any, namespace: str
+    own_redis: RedisServer, namespace: str
 ) -> None:
     """A send_many whose reply does not come within the socket timeout
     raises; it does not send the batch again (the server may have taken
     it, and would then hold every message twice)."""
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(binary, tmp_path)
-    server.start()
+    server = own_redis
     assert server.process is not None
     app = TaskQ(server.url, namespace=namespace)
     app.topic("jobs", partitions=4)
@@ -528,4 +528,3 @@ def test_a_batch_is_not_written_twice_when_redis_stalls(
     # At most the batch in flight went in without its ids being returned.
     assert returned <= written <= returned + len(items)
     app.close()
-    server.stop()
