@@ -65,6 +65,11 @@ def unpack_message(packed: bytes) -> tuple[bytes, dict[bytes, bytes]]:
 T = TypeVar("T")
 
 
+def flat(pairs: Iterable[tuple[Any, Any]]) -> list[Any]:
+    """``[(a, b), (c, d)]`` as ``[a, b, c, d]``: script arguments."""
+    return [item for pair in pairs for item in pair]
+
+
 def chunks(items: Sequence[T], size: int = MAX_IDS_PER_CALL) -> Iterable[Sequence[T]]:
     """Split ``items`` into runs short enough for one script call."""
     for start in range(0, len(items), size):
@@ -208,10 +213,14 @@ class Scripts:
         ``owner`` is the caller's lease ("member|token") of an owned
         partition; the step is then fenced by it.
         """
-        args: list[Any] = [group, entry_id, consumer, max_len, owner or ""]
-        for field, value in record.items():
-            args.append(field)
-            args.append(value)
+        args: list[Any] = [
+            group,
+            entry_id,
+            consumer,
+            max_len,
+            owner or "",
+            *flat(record.items()),
+        ]
         keys = [pk.stream, pk.dead] + ([pk.owner(group)] if owner else [])
         result = self._call(self._dead_letter, keys, args, client)
         return result or None
@@ -278,10 +287,7 @@ class Scripts:
 
         ``entries`` are ``(entry id, packed message)`` pairs.
         """
-        args: list[Any] = [group, consumer]
-        for entry_id, packed in entries:
-            args.append(entry_id)
-            args.append(packed)
+        args: list[Any] = [group, consumer, *flat(entries)]
         return self._call(self._requeue, [pk.stream], args, client)
 
     def trim(
@@ -325,10 +331,7 @@ class Scripts:
         client: Client = None,
     ) -> Any:
         """XADD unless the partition holds ``max_len`` entries (then None)."""
-        args: list[Any] = [max_len]
-        for field, value in fields.items():
-            args.append(field)
-            args.append(value)
+        args: list[Any] = [max_len, *flat(fields.items())]
         return self._call(self._append_capped, [pk.stream], args, client)
 
     # -- owned partitions (ordered subscriptions) -------------------------------
@@ -364,10 +367,7 @@ class Scripts:
     ) -> Any:
         """Give up a partition, first setting the delivery counts of what
         the owner still holds; 1, or 0 when the lease was not the caller's."""
-        args: list[Any] = [group, consumer, owner]
-        for entry_id, count in counts:
-            args.append(entry_id)
-            args.append(count)
+        args: list[Any] = [group, consumer, owner, *flat(counts)]
         return self._call(
             self._disown, [pk.stream, pk.owner(group), pk.handover(group)], args, client
         )
@@ -396,10 +396,7 @@ class Scripts:
     ) -> Any:
         """Set delivery counts of entries of an owned partition: 1, or -1
         when the lease is not the caller's."""
-        args: list[Any] = [group, consumer, owner]
-        for entry_id, count in counts:
-            args.append(entry_id)
-            args.append(count)
+        args: list[Any] = [group, consumer, owner, *flat(counts)]
         return self._call(self._recount, [pk.stream, pk.owner(group)], args, client)
 
     def adopt(
@@ -461,10 +458,7 @@ class Scripts:
     ) -> bytes | None:
         """Write a periodic job's run for a tick, once; None if written
         before."""
-        args: list[Any] = [int(tick_ms)]
-        for field, value in fields.items():
-            args.append(field)
-            args.append(value)
+        args: list[Any] = [int(tick_ms), *flat(fields.items())]
         result = self._call(self._fire_tick, [pk.stream, pk.fired(job)], args, client)
         return result or None
 
