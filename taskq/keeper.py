@@ -7,7 +7,9 @@ Every few moments the keeper:
 * reclaims entries that other members held for longer than the lease
   (their worker died or stalled), with their delivery counts;
 * moves delayed messages (retries, ``delay=``/``eta=``) onto their streams
-  when due (``delayed.py``);
+  when due (``delayed.py``), and runs the retries in place of ordered
+  handlers again when due (``reruns.py``);
+* keeps the partitions of ordered subscriptions (``ownership.py``);
 * heartbeats, trims the streams and forgets consumers that left.
 
 It also repairs what it finds broken: a missing consumer group is created
@@ -17,7 +19,6 @@ partitions go on.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from taskq.delayed import DELAYED_POLL_S, DelayedMover
 from taskq.delivery import WAITING, Delivery, Subscription
 from taskq.holdings import STALE_FRACTION
 from taskq.keys import PartitionKeys
+from taskq.reruns import Reruns
 from taskq.scripts import Scripts, chunks
 
 if TYPE_CHECKING:
@@ -90,9 +92,7 @@ class Keeper:
         self._warned: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._beats = 0
-        #: Ordered deliveries waiting out a retry delay: (due, seq, delivery).
-        self._reruns: list[tuple[float, int, Delivery]] = []
-        self._rerun_seq = 0
+        self.reruns = Reruns(self)
         now = time.monotonic()
         self._next_run: dict[str, float] = {
             "delayed": now,
@@ -220,11 +220,11 @@ class Keeper:
                     self._next_run[name] = now + every
                     self._run_job(name, job)
             self.delayed.move()
-            self._run_due()
+            self.reruns.run_due()
             wake_at = min(
                 [self._next_run[name] for name in jobs]
                 + [self.delayed.next_at()]
-                + [due for due, _, _ in self._reruns[:1]]
+                + [self.reruns.next_at()]
             )
             self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
@@ -529,59 +529,6 @@ class Keeper:
             # handed over is not left unread for seconds.
             soon = time.monotonic() + OWN_RETRY_S
             self._next_run["own"] = min(self._next_run["own"], soon)
-
-    def run_later(self, delivery: Delivery, delay_ms: int) -> None:
-        """Run an ordered delivery again after ``delay_ms`` (its retry)."""
-        with self._lock:
-            self._rerun_seq += 1
-            heapq.heappush(
-                self._reruns,
-                (time.monotonic() + delay_ms / 1000, self._rerun_seq, delivery),
-            )
-        self._wake.set()
-
-    def _run_due(self) -> None:
-        """Queue the ordered deliveries whose retry delay is over, counting
-        their next attempt (fenced) just before: a worker that dies while
-        one waits has not used that attempt."""
-        now = time.monotonic()
-        due: list[tuple[Delivery, str]] = []
-        with self._lock:
-            while self._reruns and self._reruns[0][0] <= now:
-                delivery = heapq.heappop(self._reruns)[2]
-                owner = self.worker.owner_value(delivery)
-                if delivery.lost or owner is None:
-                    self.worker.holdings.rerun(delivery, counted=False)
-                else:
-                    due.append((delivery, owner))
-        if not due:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for delivery, owner in due:
-            self.scripts.recount(
-                delivery.pk,
-                delivery.sub.group,
-                self.worker.id,
-                owner,
-                [(delivery.id, delivery.deliveries + 1)],
-                client=pipe,
-            )
-        try:
-            results = self.scripts.execute(pipe, raise_on_error=False)
-        except CONNECTION_ERRORS as exc:
-            results = [exc] * len(due)
-        for (delivery, _), result in zip(due, results, strict=True):
-            if isinstance(result, CONNECTION_ERRORS):
-                # Redis is away: try again in a moment.
-                self.run_later(delivery, int(self.worker.outage.failed(result) * 1000))
-                continue
-            if result == -1:
-                self.worker.fence_failed(delivery)
-            elif isinstance(result, Exception):
-                self.warn_once(
-                    "recount", delivery.pk.stream, "Counting a retry failed: %s", result
-                )
-            self.worker.holdings.rerun(delivery, counted=result == 1)
 
     # -- the rest ---------------------------------------------------------------
 

@@ -387,7 +387,7 @@ class Worker:
     def retry_later(self, delivery: Delivery, delay_ms: int) -> None:
         """An ordered delivery failed and stays put: run it again later."""
         self.holdings.park_for_retry(delivery)
-        self.keeper.run_later(delivery, delay_ms)
+        self.keeper.reruns.run_later(delivery, delay_ms)
 
     # -- handling ------------------------------------------------------------------
 
