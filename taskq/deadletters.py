@@ -88,13 +88,16 @@ class DeadLetter:
 
 
 def iterate(
-    app: TaskQ, topic: str | None = None, reason: str | None = None
+    app: TaskQ,
+    topic: str | None = None,
+    reason: str | None = None,
+    partition: int | None = None,
 ) -> Iterator[DeadLetter]:
     """Every dead letter, oldest first within each partition."""
     for name, count in known_topics(app).items():
         if topic is not None and name != topic:
             continue
-        for p in range(count):
+        for p in range(count) if partition is None else [partition]:
             stream = app.keys.partition(name, p).dead
             start = "-"
             while True:
@@ -129,8 +132,8 @@ def find(app: TaskQ, ref: str) -> DeadLetter | None:
         if found:
             return DeadLetter(topic, int(partition), entry_id, found[0][1])
     # A message id: its dead letter is in the same partition.
-    for letter in iterate(app, topic):
-        if letter.partition == int(partition) and letter.summary()["message_id"] == ref:
+    for letter in iterate(app, topic, partition=int(partition)):
+        if letter.summary()["message_id"] == ref:
             return letter
     return None
 

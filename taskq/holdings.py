@@ -243,28 +243,23 @@ class Holdings:
                 self._room.notify_all()
         return False
 
-    def stale(self, now: float) -> bool:
-        """Whether the leases went unconfirmed too long to start anything
-        without asking :meth:`may_start`."""
-        return now - self.renewed_at >= self.stale_after_s
-
     def confirmed(self, at: float) -> None:
         """The keeper confirmed the leases of all that was held at ``at``
         (monotonic): what waited for that may start."""
         with self.lock:
             self.renewed_at = max(self.renewed_at, at)
-            waiting = [d for d in self._held_back.pop(None, []) if not d.lost]
-            self.unfinished += len(waiting)
-        for delivery in waiting:
-            self.queue.put(delivery)
+            self._queue_held_back(None)
 
     def resume(self, sub: Subscription, pk: PartitionKeys) -> None:
         """The hand-over of a partition was called off: go on with it."""
         with self.lock:
-            where = (sub.group, pk)
-            self._paused.discard(where)
-            waiting = [d for d in self._held_back.pop(where, []) if not d.lost]
-            self.unfinished += len(waiting)
+            self._paused.discard((sub.group, pk))
+            self._queue_held_back((sub.group, pk))
+
+    def _queue_held_back(self, where: PartitionOf | None) -> None:
+        """Queue again what was held back under ``where`` (locked)."""
+        waiting = [d for d in self._held_back.pop(where, []) if not d.lost]
+        self.unfinished += len(waiting)
         for delivery in waiting:
             self.queue.put(delivery)
 

@@ -359,11 +359,14 @@ def sweep_dropped(app: TaskQ, topic: str, count: int, old_count: int) -> int:
         read_up_to = max(
             (_order(text(g["last-delivered-id"])) for g in groups), default=(0, 0)
         )
+        # Each message is added to its new partition before it is removed
+        # from the old one: a failure halfway leaves a copy, never none.
+        pipe = app.redis.pipeline(transaction=False)
         for entry_id, fields in cast(Any, app.redis.xrange(pk.stream)):
             if _order(text(entry_id)) <= read_up_to:
                 continue
-            app.redis.xadd(home(fields).stream, fields)
-            app.redis.xdel(pk.stream, entry_id)
+            pipe.xadd(home(fields).stream, fields)
+            pipe.xdel(pk.stream, entry_id)
             moved += 1
         delayed = app.redis.zrange(pk.delayed, 0, -1, withscores=True)
         for packed, due in cast(Any, delayed):
@@ -371,9 +374,10 @@ def sweep_dropped(app: TaskQ, topic: str, count: int, old_count: int) -> int:
                 _, fields = unpack_message(packed)
             except ValueError:
                 continue  # not a message: the worker sets it aside
-            app.redis.zadd(home(fields).delayed, {packed: due})
-            app.redis.zrem(pk.delayed, packed)
+            pipe.zadd(home(fields).delayed, {packed: due})
+            pipe.zrem(pk.delayed, packed)
             moved += 1
+        pipe.execute()
     return moved
 
 

@@ -26,7 +26,8 @@ end
 local room = tonumber(ARGV[4])
 for _, holder in ipairs(summary[4]) do
   if holder[1] ~= ARGV[2] and room > 0 then
-    for _, info in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', room, holder[1])) do
+    local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', room, holder[1])
+    for _, info in ipairs(held) do
       -- The count stays as it is: the stalled member did not start these
       -- (it holds back what it has not started until its leases are
       -- confirmed, and finds them lost then).
