@@ -59,6 +59,13 @@ def reset(group: str, to: str, *options: str) -> Any:
     )
 
 
+def replay(*options: str) -> Any:
+    """``taskq groups replay`` of topic "events" into group "backfill"."""
+    return cli(
+        "groups", "replay", APP, "--topic", "events", "--group", "backfill", *options
+    )
+
+
 def _publish_in_two_batches(app: Any) -> str:
     for n in range(1, 6):
         app.publish("events", n, key=n)
@@ -142,35 +149,13 @@ def test_replay_a_time_range_into_a_new_group(events: Any) -> None:
     time.sleep(0.01)
     for n in range(6, 9):
         app.publish("events", n, key=n)
-    result = cli(
-        "groups",
-        "replay",
-        APP,
-        "--topic",
-        "events",
-        "--group",
-        "backfill",
-        "--from",
-        start,
-        "--to",
-        end,
-    )
+    result = replay("--from", start, "--to", end)
     assert result.exit_code == 0, result.output
     Worker(app, burst=True, groups=["backfill"]).run(install_signals=False)
     assert sorted(events.SEEN) == [-5, -4, -3, -2, -1]
     listed = cli("groups", "list", APP).output
     assert "events/backfill" in listed and "replay ends at" in listed
-    again = cli(
-        "groups",
-        "replay",
-        APP,
-        "--topic",
-        "events",
-        "--group",
-        "backfill",
-        "--from",
-        start,
-    )
+    again = replay("--from", start)
     assert again.exit_code == 1 and "already" in again.output
 
 
