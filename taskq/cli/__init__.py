@@ -30,6 +30,21 @@ LOG_FORMAT = (
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
+def logging_options(command: Any) -> Any:
+    """``--log-level`` and ``--log-config``, for commands that keep running."""
+    command = click.option(
+        "--log-config",
+        type=click.Path(exists=True, dir_okay=False),
+        help="A JSON logging.config.dictConfig file (replaces --log-level).",
+    )(command)
+    return click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS),
+        default="info",
+        show_default=True,
+    )(command)
+
+
 def setup_logging(level: str, config_file: str | None = None) -> None:
     """Configure logging for a command: a dictConfig file, or a level."""
     if config_file:

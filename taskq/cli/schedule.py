@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from taskq.cli import LOG_LEVELS, load_app, setup_logging, wait_for_redis
+from taskq.cli import load_app, logging_options, setup_logging, wait_for_redis
 from taskq.cli.ops import table
 from taskq.cron import from_ms
 from taskq.digest import DigestSchedule
@@ -17,14 +17,7 @@ from taskq.stats import schedules
 
 @click.command()
 @click.argument("app")
-@click.option(
-    "--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True
-)
-@click.option(
-    "--log-config",
-    type=click.Path(exists=True, dir_okay=False),
-    help="A JSON logging.config.dictConfig file (replaces --log-level).",
-)
+@logging_options
 def beat(app: str, log_level: str, log_config: str | None) -> None:
     """Run a scheduler for APP: send periodic jobs and close digest
     windows at their ticks. Any number may run; each tick runs once.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from taskq import defaults
-from taskq.cli import LOG_LEVELS, load_app, setup_logging, wait_for_redis
+from taskq.cli import load_app, logging_options, setup_logging, wait_for_redis
 from taskq.connection import is_memory
 from taskq.supervisor import INDEX_ENV
 
@@ -118,14 +118,7 @@ def _split(values: tuple[str, ...]) -> list[str] | None:
     show_default=True,
     help="Address the metrics are served on.",
 )
-@click.option(
-    "--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True
-)
-@click.option(
-    "--log-config",
-    type=click.Path(exists=True, dir_okay=False),
-    help="A JSON logging.config.dictConfig file (replaces --log-level).",
-)
+@logging_options
 def worker(
     app: str,
     groups: tuple[str, ...],

@@ -54,15 +54,7 @@ def step(
 @app.task(topic="orders", key="key", ordered=True, retries=0, lease=LEASE_S)
 def once(key: str, seq: int, sleep: float, ctx: Context) -> None:
     """Log each start; no retries, so a lost run is dead-lettered."""
-    record = {
-        "event": "start",
-        "key": key,
-        "seq": seq,
-        "attempt": ctx.attempt,
-        "pid": os.getpid(),
-        "t": time.time(),
-    }
-    app.redis.rpush(LOG, json.dumps(record))
+    _log("start", key, seq, ctx)
     time.sleep(sleep)
 
 
@@ -71,15 +63,19 @@ def once(key: str, seq: int, sleep: float, ctx: Context) -> None:
 )
 def retrying(key: str, seq: int, ctx: Context) -> None:
     """Fail the first attempt; the second, after 3 s, succeeds."""
-    event = {
-        "event": "start",
+    _log("start", key, seq, ctx)
+    if ctx.attempt == 1:
+        raise RuntimeError("not yet")
+    _log("end", key, seq, ctx)
+
+
+def _log(event: str, key: str, seq: int, ctx: Context) -> None:
+    record = {
+        "event": event,
         "key": key,
         "seq": seq,
         "attempt": ctx.attempt,
         "pid": os.getpid(),
         "t": time.time(),
     }
-    app.redis.rpush(LOG, json.dumps(event))
-    if ctx.attempt == 1:
-        raise RuntimeError("not yet")
-    app.redis.rpush(LOG, json.dumps(dict(event, event="end")))
+    app.redis.rpush(LOG, json.dumps(record))
