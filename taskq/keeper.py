@@ -558,8 +558,10 @@ class Keeper:
             pipe.zremrangebyscore(
                 keys.workers, "-inf", now_ms - int(HEARTBEAT_S * 6000)
             )
+        # The counts were read at start: look again from the next round on.
+        recheck = housekeeping and self._beats > 0
         self._beats += 1
-        topics = sorted({sub.topic for sub in self.subs}) if housekeeping else []
+        topics = sorted({sub.topic for sub in self.subs}) if recheck else []
         if topics:
             pipe.hmget(keys.topics, topics)
         results = pipe.execute()
